@@ -1,0 +1,64 @@
+"""hf-decoding: recent decoding methods for any Hugging Face causal LM, through `model.generate`."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import decoders
+from .errors import (
+    HfDecodingError,
+    HfDecodingWarning,
+    IncompatibleCheckpointError,
+    InvalidDecodingArgument,
+    InvalidLogitsError,
+    MissingModelError,
+    RewardModelError,
+    UnknownDecodingError,
+)
+from .generation import AutoDecoTrace, DecodingCost, DecodingOutput, DistortionTrace, ParticleTrace
+from .models import available_models, load_default_model
+from .processors import (
+    DistortionAwareNucleusLogitsProcessor,
+    DistortionTracker,
+    LogitsWarper,
+    PerRowMinPLogitsWarper,
+    PerRowTemperatureLogitsWarper,
+    PerRowTopKLogitsWarper,
+    PerRowTopPLogitsWarper,
+)
+from .registry import available_decoders, enable, get_decoder, register_decoder, set_default_decoding
+
+try:
+    __version__ = version("hf-decoding")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "AutoDecoTrace",
+    "DecodingCost",
+    "DecodingOutput",
+    "DistortionAwareNucleusLogitsProcessor",
+    "DistortionTrace",
+    "DistortionTracker",
+    "HfDecodingError",
+    "HfDecodingWarning",
+    "IncompatibleCheckpointError",
+    "InvalidDecodingArgument",
+    "InvalidLogitsError",
+    "LogitsWarper",
+    "MissingModelError",
+    "ParticleTrace",
+    "PerRowMinPLogitsWarper",
+    "PerRowTemperatureLogitsWarper",
+    "PerRowTopKLogitsWarper",
+    "PerRowTopPLogitsWarper",
+    "RewardModelError",
+    "UnknownDecodingError",
+    "__version__",
+    "available_decoders",
+    "available_models",
+    "decoders",
+    "enable",
+    "get_decoder",
+    "load_default_model",
+    "register_decoder",
+    "set_default_decoding",
+]

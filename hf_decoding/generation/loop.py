@@ -1,0 +1,285 @@
+"""The shared decoding loop and its pieces: prefill, one decode step, cache row re-indexing, token selection.
+
+Every decoder builds on these instead of growing its own copy. The loop follows transformers' `_sample` step
+for step (same forward inputs, same processor order, same `softmax` + `multinomial` draw), so with the same
+torch seed it returns exactly the tokens of the built-in greedy and sampling paths, while also measuring the
+distortion of every step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers.cache_utils import Cache
+
+from ..errors import invalid_argument
+from .outputs import DecodingCost, DecodingOutput, DistortionTrace
+from .processing import ProcessorChain
+
+__all__ = [
+    "StepHook",
+    "decode_step",
+    "make_generator",
+    "option",
+    "prefill",
+    "reorder_rows",
+    "sampling_loop",
+    "select_tokens",
+]
+
+#: Called before the processors at every step: `hook(outputs, chain, unfinished)`; may re-parameterise the chain
+#: (AutoDeco sets per-row temperature and top-p there). Whatever it returns is ignored.
+StepHook = Callable[[Any, ProcessorChain, torch.Tensor], None]
+
+_CACHE_KEYS = ("past_key_values", "cache_params", "state", "mems", "past_buckets_states")
+_ROW_KEYS = ("attention_mask", "position_ids", "token_type_ids", "mm_token_type_ids")
+
+
+def option(generation_config: GenerationConfig, name: str, value: Any, default: Any) -> Any:
+    """A decoder option: the call's value, else `generation_config.<name>`, else `default`."""
+    if value is not None:
+        return value
+    stored = getattr(generation_config, name, None)
+    return default if stored is None else stored
+
+
+def make_generator(
+    seed: int | None, generator: torch.Generator | None, device: torch.device
+) -> torch.Generator | None:
+    """The generator a decoder draws from: `generator`, else a fresh one seeded with `seed`, else `None`.
+
+    `None` means torch's global generator, exactly as transformers' own sampling uses it, so
+    `torch.manual_seed(s)` before `generate` reproduces the built-in results.
+    """
+    if generator is not None:
+        if seed is not None:
+            raise invalid_argument("seed", seed, "unset when `generator` is given", "Pass either `seed` or `generator`.")
+        return generator
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise invalid_argument("seed", seed, "an integer")
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def prefill(
+    model: Any, input_ids: torch.LongTensor, generation_config: GenerationConfig, model_kwargs: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Runs the prompt through the model; returns `(outputs, updated model_kwargs)`.
+
+    Uses transformers' own prefill when it has one (chunked prefill and resumed caches then work as in
+    `generate`), else feeds the prompt minus whatever a passed-in cache already holds.
+    """
+    if hasattr(model, "_prefill"):
+        outputs = model._prefill(input_ids, generation_config, model_kwargs)
+    else:
+        next_sequence_length = None
+        cache = model_kwargs.get("past_key_values")
+        if isinstance(cache, Cache) and cache.get_seq_length() > 0:
+            next_sequence_length = input_ids.shape[1] - cache.get_seq_length()
+        inputs = model.prepare_inputs_for_generation(
+            input_ids, next_sequence_length=next_sequence_length, is_first_iteration=True, **model_kwargs
+        )
+        outputs = model(**inputs, return_dict=True)
+    model_kwargs = model._update_model_kwargs_for_generation(
+        outputs, model_kwargs, is_encoder_decoder=model.config.is_encoder_decoder
+    )
+    return outputs, model_kwargs
+
+
+def decode_step(
+    model: Any, input_ids: torch.LongTensor, model_kwargs: dict[str, Any], num_new_tokens: int = 1
+) -> tuple[Any, dict[str, Any]]:
+    """Feeds the last `num_new_tokens` tokens of `input_ids` (the cache holds the rest).
+
+    Passing `next_sequence_length` matters: without it transformers 5 feeds the whole sequence into the cache
+    again at every step, silently.
+    """
+    next_sequence_length = num_new_tokens if model_kwargs.get("use_cache", True) else None
+    inputs = model.prepare_inputs_for_generation(input_ids, next_sequence_length=next_sequence_length, **model_kwargs)
+    outputs = model(**inputs, return_dict=True)
+    model_kwargs = model._update_model_kwargs_for_generation(
+        outputs, model_kwargs, is_encoder_decoder=model.config.is_encoder_decoder, num_new_tokens=num_new_tokens
+    )
+    return outputs, model_kwargs
+
+
+def reorder_rows(model_kwargs: dict[str, Any], index: torch.LongTensor) -> dict[str, Any]:
+    """Re-indexes every per-row piece of `model_kwargs` (cache rows, masks, positions) with `index` of shape (R,).
+
+    `index` may repeat or drop rows (resampling, fan-out). Uses `Cache.reorder_cache`, which every cache layer
+    type implements (dynamic, static, sliding, quantized).
+    """
+    out = dict(model_kwargs)
+    for key in _CACHE_KEYS:
+        cache = out.get(key)
+        if cache is None:
+            continue
+        if isinstance(cache, Cache):
+            grows = index.shape[0] != _cache_batch_size(cache)
+            if grows and hasattr(cache, "batch_select_indices"):
+                cache.batch_select_indices(index.to(_cache_device(cache, index)))
+            else:
+                cache.reorder_cache(index.to(_cache_device(cache, index)))
+        else:
+            raise TypeError(f"Cannot re-index rows of a legacy cache of type {type(cache).__name__}.")
+    for key in _ROW_KEYS:
+        value = out.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            out[key] = value.index_select(0, index.to(value.device))
+    return out
+
+
+def _cache_batch_size(cache: Cache) -> int:
+    for layer in getattr(cache, "layers", []):
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and keys.dim() > 0:
+            return keys.shape[0]
+    return -1
+
+
+def _cache_device(cache: Cache, fallback: torch.Tensor) -> torch.device:
+    for layer in getattr(cache, "layers", []):
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor):
+            return keys.device
+    return fallback.device
+
+
+def select_tokens(scores: torch.FloatTensor, do_sample: bool, generator: torch.Generator | None) -> torch.LongTensor:
+    """Draws one token per row: `multinomial(softmax(scores))` when sampling, else `argmax` (as transformers)."""
+    if do_sample:
+        probs = torch.nn.functional.softmax(scores, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+    return torch.argmax(scores, dim=-1)
+
+
+def sampling_loop(
+    model: Any,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    model_kwargs: dict[str, Any],
+    *,
+    streamer: Any | None = None,
+    generator: torch.Generator | None = None,
+    step_hook: StepHook | None = None,
+    step_records: dict[str, list[torch.Tensor]] | None = None,
+) -> tuple[torch.LongTensor | DecodingOutput, dict[str, Any]]:
+    r"""Token-by-token sampling (or greedy) with distortion accounting; the reference loop of `hf_decoding`.
+
+    Args:
+        model: a causal LM (`PreTrainedModel` with `GenerationMixin`).
+        input_ids (`torch.LongTensor` of shape `(B, L)`): the prepared prompt (left padded).
+        logits_processor (`LogitsProcessorList`): the chain built by `generate`.
+        stopping_criteria (`StoppingCriteriaList`): the criteria built by `generate`.
+        generation_config (`GenerationConfig`): the merged config of this call.
+        model_kwargs (`dict`): attention mask, cache and the rest, as `generate` prepared them.
+        streamer (`BaseStreamer`, *optional*): receives each new token column and `end()`.
+        generator (`torch.Generator`, *optional*): source of randomness (`None`: torch's global generator).
+        step_hook (`StepHook`, *optional*): called before the processors at every step.
+        step_records (`dict[str, list[torch.Tensor]]`, *optional*): lists a hook appends per-step `(B,)` values to;
+            masked to 0 after a row finished and returned stacked as `(B, steps)` in the second return value.
+
+    Returns:
+        `(result, records)`: `result` is the `(B, L + new)` token tensor, or a [`DecodingOutput`] when
+        `generation_config.return_dict_in_generate`; `records` holds the stacked `step_records`.
+    """
+    started = time.perf_counter()
+    chain = ProcessorChain(logits_processor)
+    pad_token_id = generation_config._pad_token_tensor
+    if pad_token_id is not None:
+        pad_token_id = pad_token_id.to(input_ids.device)
+    has_eos_criteria = any(hasattr(criterion, "eos_token_id") for criterion in stopping_criteria)
+    return_dict = generation_config.return_dict_in_generate
+    keep_scores = return_dict and generation_config.output_scores
+    keep_logits = return_dict and generation_config.output_logits
+    keep_attentions = return_dict and generation_config.output_attentions
+    keep_hidden = return_dict and generation_config.output_hidden_states
+    scores: tuple[torch.Tensor, ...] | None = () if keep_scores else None
+    raw_logits: list[torch.Tensor] = []
+    attentions: list[Any] = []
+    hidden_states: list[Any] = []
+    distortion: list[torch.Tensor] = []
+    alive: list[torch.Tensor] = []
+    batch_size = input_ids.shape[0]
+    unfinished = torch.ones(batch_size, dtype=torch.bool, device=input_ids.device)
+    forward_passes = 1
+    generated = torch.zeros((), dtype=torch.long, device=input_ids.device)
+
+    outputs, model_kwargs = prefill(model, input_ids, generation_config, model_kwargs)
+    step = 0
+    while True:
+        # A copy in float32: the prefill logits can be large and must not stay referenced.
+        logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=input_ids.device)  # (B, V)
+        if step_hook is not None:
+            step_hook(outputs, chain, unfinished)
+        next_scores, step_distortion = chain(input_ids, logits, step)  # (B, V), (B,)
+        if keep_scores:
+            scores += (next_scores,)
+        if keep_logits:
+            raw_logits.append(logits)
+        if keep_attentions:
+            attentions.append(outputs.attentions)
+        if keep_hidden:
+            hidden_states.append(outputs.hidden_states)
+
+        next_tokens = select_tokens(next_scores, generation_config.do_sample, generator)  # (B,)
+        if has_eos_criteria:
+            next_tokens = torch.where(unfinished, next_tokens, pad_token_id)
+        distortion.append(torch.where(unfinished, step_distortion, 0.0))
+        alive.append(unfinished)
+        generated = generated + unfinished.sum()
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+        if streamer is not None:
+            streamer.put(next_tokens.cpu())
+        unfinished = unfinished & ~stopping_criteria(input_ids, scores)
+        step += 1
+        if not bool(unfinished.any()):
+            break
+        del outputs
+        outputs, model_kwargs = decode_step(model, input_ids, model_kwargs)
+        forward_passes += 1
+
+    if streamer is not None:
+        streamer.end()
+
+    records = _stack_records(step_records, alive)
+    if not return_dict:
+        return input_ids, records
+    per_step = torch.stack(distortion, dim=-1)  # (B, new)
+    cache = next((model_kwargs[key] for key in _CACHE_KEYS if key in model_kwargs), None)
+    result = DecodingOutput(
+        sequences=input_ids,
+        scores=scores,
+        logits=tuple(raw_logits) if keep_logits else None,
+        attentions=tuple(attentions) if keep_attentions else None,
+        hidden_states=tuple(hidden_states) if keep_hidden else None,
+        past_key_values=cache,
+        distortion=DistortionTrace(per_step=per_step, total=per_step.sum(-1)),
+        cost=DecodingCost(
+            forward_passes=forward_passes,
+            generated_tokens=int(generated),
+            seconds={"total": time.perf_counter() - started},
+        ),
+    )
+    return result, records
+
+
+def _stack_records(
+    step_records: dict[str, list[torch.Tensor]] | None, alive: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Stacks per-step `(B,)` records into `(B, steps)`, zero after each row finished."""
+    if not step_records:
+        return {}
+    mask = torch.stack(alive, dim=-1)  # (B, steps)
+    out = {}
+    for key, values in step_records.items():
+        stacked = torch.stack(values, dim=-1) if values else torch.zeros_like(mask, dtype=torch.float32)
+        out[key] = torch.where(mask, stacked, torch.zeros((), dtype=stacked.dtype, device=stacked.device))
+    return out
