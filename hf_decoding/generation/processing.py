@@ -83,6 +83,13 @@ class ProcessorChain:
                 "model weights, or run the model in float32 (half precision can overflow); transformers' "
                 "`remove_invalid_values=True` replaces NaN/inf scores if you prefer to continue."
             )
+        inf_rows = torch.isposinf(reference).any(-1).nonzero().flatten().tolist()
+        if inf_rows:
+            raise InvalidLogitsError(
+                f"The scores hold +inf{where} in batch rows {inf_rows}: no distribution can be formed. Fix: check "
+                "the model and any processor that adds a bias (sequence_bias, a custom logits_processor); "
+                "transformers' `remove_invalid_values=True` replaces NaN/inf scores if you prefer to continue."
+            )
         dead_rows = torch.isneginf(reference).all(-1).nonzero().flatten().tolist()
         raise InvalidLogitsError(
             f"Every token has score -inf{where} in batch rows {dead_rows or 'unknown'}: nothing can be sampled. "

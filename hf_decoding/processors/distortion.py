@@ -25,8 +25,6 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
-from .base import LogitsWarper
-
 __all__ = ["DistortionTracker", "distortion_from_scores", "is_warper", "warper_temperature"]
 
 #: transformers' warpers: they only rescale or truncate the distribution.

@@ -77,7 +77,8 @@ class DistortionAwareNucleusLogitsProcessor(LogitsWarper):
         lse = torch.logsumexp(scores.to(torch.float64), dim=-1, keepdim=True)  # (B, 1)
         out = torch.full_like(scores, self.filter_value)
 
-        k = min(self.prefilter_k, vocab)
+        # The prefilter must hold the `min_tokens_to_keep` forced tokens too, else a narrow prefilter would drop them.
+        k = min(max(self.prefilter_k, self.min_tokens_to_keep), vocab)
         top_vals, top_idx = torch.topk(scores, k, dim=-1)  # (B, k), descending
         covered = torch.exp(top_vals.to(torch.float64) - lse).sum(-1) >= p[:, 0]  # (B,)
         if k < vocab and not bool(covered.all()):
@@ -91,12 +92,14 @@ class DistortionAwareNucleusLogitsProcessor(LogitsWarper):
             rows_done = torch.ones(batch, dtype=torch.bool, device=scores.device)
         narrow = rows_done.nonzero(as_tuple=True)[0]
         if narrow.numel() == batch:
-            kept = self._kept_values(top_vals, lse, p)
-            return out.scatter(1, top_idx, kept)
-        if narrow.numel() > 0:
+            out = out.scatter(1, top_idx, self._kept_values(top_vals, lse, p))
+        elif narrow.numel() > 0:
             kept = self._kept_values(top_vals[narrow], lse[narrow], p[narrow])
             out[narrow] = out[narrow].scatter(1, top_idx[narrow], kept)
-        return out
+        # A row with top_p = 1 is returned unchanged, as a scalar 1.0 is: its cumulative sum can round to 1 before
+        # the last tokens, which would otherwise drop them or nudge the last score.
+        full = p >= 1.0  # (B, 1)
+        return torch.where(full, scores, out) if bool(full.any()) else out
 
     def _kept_values(self, sorted_vals: torch.Tensor, lse: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Scores for tokens sorted by descending score: kept, boundary-adjusted or filtered. Shapes (R, K)."""
