@@ -1,0 +1,5 @@
+"""Analyses of decoding strategies (distortion at matched kept mass, ...). Import the submodules you need."""
+
+from . import distortion
+
+__all__ = ["distortion"]

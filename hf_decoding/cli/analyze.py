@@ -1,0 +1,141 @@
+"""`hf-decoding analyze distortion`: strategies compared at matched mean kept mass (Kempton & Burrell §2b)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+from typing import Any
+
+__all__ = ["DEFAULT_PROMPTS", "register", "run_distortion"]
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "Tell me a short story about a lighthouse keeper.",
+    "Describe your favourite season and why.",
+    "Explain how a bicycle works.",
+    "Write a letter to a friend about a trip.",
+)
+
+
+
+def _plot_file(model: str) -> str:
+    """`distortion_<model>.png`, the model name (or directory name) reduced to safe characters."""
+    slug = "".join(c if c.isalnum() or c in "-." else "-" for c in pathlib.Path(model).name.lower()).strip("-.")
+    return f"distortion_{slug or 'model'}.png"
+
+
+def register(subparsers: Any) -> None:
+    """Adds the `analyze` subcommand and its `distortion` analysis."""
+    from ..analysis.distortion import DEFAULT_STRATEGIES, STRATEGIES
+    from ._common import add_device_argument
+
+    analyze = subparsers.add_parser(
+        "analyze",
+        help="Analyses of decoding strategies (distortion).",
+        description="Analyses of decoding strategies. Run `hf-decoding analyze distortion --help`.",
+    )
+    analyze.set_defaults(help_parser=analyze)
+    analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", title="analyses")
+    parser = analyses.add_parser(
+        "distortion",
+        help="Compare top-k, top-p, temperature and the distortion-aware nucleus at matched kept mass.",
+        description=(
+            "Finds the k, p and temperature whose mean kept mass over contexts from pure samples of the model equals "
+            "each target, samples equal-length completions under each (and under decoding='distortion_aware_nucleus' "
+            "at p = target), and reports the mean kept mass, mean and std of the total distortion log eps(w), "
+            "percentiles of the pairwise log distortion ratio |log eps(w) - log eps(v)| (pairs of the same prompt), "
+            "the per-token NLL under the model and a per-token entropy estimate."
+        ),
+    )
+    parser.add_argument(
+        "--model", default="smollm2-135m-instruct", help="Local model directory or offline model name (default: SmolLM2)."
+    )
+    parser.add_argument("--prompt", action="append", default=None, help="A prompt (repeatable; default: 4 built-in).")
+    parser.add_argument(
+        "--target-mass", type=float, nargs="+", default=[0.88], help="Mean kept mass(es) to match (default: 0.88)."
+    )
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        choices=STRATEGIES,
+        default=list(DEFAULT_STRATEGIES),
+        help=f"Strategies to compare (default: {' '.join(DEFAULT_STRATEGIES)}).",
+    )
+    parser.add_argument("--num-samples", type=int, default=32, help="Samples per strategy and target (default: 32).")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="Tokens per sample, EOS suppressed (default: 32).")
+    parser.add_argument("--num-contexts", type=int, default=256, help="Contexts for the mass matching (default: 256).")
+    parser.add_argument("--batch-size", type=int, default=32, help="Samples generated at once (default: 32).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of contexts and samples (default: 0).")
+    parser.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Wrap prompts in the chat template (default: when the tokenizer has one).",
+    )
+    parser.add_argument("--plot", metavar="DIR", default=None, help="Save the histograms as DIR/distortion_<model>.png.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
+    parser.add_argument("--json", action="store_true", help="Print a JSON document instead of a table.")
+    add_device_argument(parser)
+    parser.set_defaults(handler=run_distortion, help_parser=parser)
+
+
+def run_distortion(args: argparse.Namespace) -> int:
+    """Runs `analyze distortion`; returns the exit code."""
+    from ..analysis.distortion import compare_strategies, plot_histograms
+    from ._common import format_table, load_model, print_json
+
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        print(
+            'hf-decoding: error: --plot needs matplotlib. Install it with: pip install "hf-decoding[plot]"',
+            file=sys.stderr,
+        )
+        return 2
+    prompts = args.prompt or list(DEFAULT_PROMPTS)
+    model, tokenizer = load_model(args.model, device=args.device)
+    comparison = compare_strategies(
+        model,
+        tokenizer,
+        prompts,
+        target_mass=args.target_mass,
+        strategies=args.strategies,
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        num_contexts=args.num_contexts,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        chat=args.chat,
+        progress=not args.no_progress,
+    )
+    plot_path = None
+    if args.plot is not None:
+        plot_path = plot_histograms(comparison, pathlib.Path(args.plot) / _plot_file(args.model))
+
+    if args.json:
+        document = {"model": args.model, **comparison.to_dict()}
+        document["plot"] = str(plot_path) if plot_path is not None else None
+        print_json(document)
+        return 0
+    print(
+        f"model: {args.model}   contexts: {comparison.num_contexts}   samples/strategy: {comparison.num_samples}   "
+        f"tokens/sample: {comparison.max_new_tokens}   seed: {comparison.seed}"
+    )
+    print("log eps = total distortion; ratio = |log eps(w) - log eps(v)| over pairs of the same prompt\n")
+    header = (
+        "target", "strategy", "param", "mass(ctx)", "mass(smp)", "log eps", "std",
+        "ratio p10", "p50", "p90", "NLL/tok", "H/tok", "tok/s",
+    )
+    rows = []
+    for row in comparison.table():
+        parameter = int(row["parameter"]) if row["strategy"] == "top_k" else round(row["parameter"], 4)
+        rows.append(
+            (
+                row["target_mass"], row["strategy"], f"{row['parameter_name']}={parameter}", row["context_mass"],
+                row["sample_mass"], row["distortion_mean"], row["distortion_std"], row["log_ratio_p10"],
+                row["log_ratio_p50"], row["log_ratio_p90"], row["nll"], row["entropy"], row["tokens_per_second"],
+            )
+        )
+    print(format_table(rows, header))
+    if plot_path is not None:
+        print(f"\nhistograms: {plot_path}")
+    return 0
