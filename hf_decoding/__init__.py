@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import decoders
+from . import decoders, rewards, smc
 from .errors import (
     HfDecodingError,
     HfDecodingWarning,
@@ -25,6 +25,7 @@ from .processors import (
     PerRowTopPLogitsWarper,
 )
 from .registry import available_decoders, enable, get_decoder, register_decoder, set_default_decoding
+from .rewards import ArithmeticStepVerifier, OutcomeRewardModel, ProcessRewardModel, SelfCertainty
 
 try:
     __version__ = version("hf-decoding")
@@ -32,6 +33,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "ArithmeticStepVerifier",
     "AutoDecoTrace",
     "DecodingCost",
     "DecodingOutput",
@@ -45,12 +47,15 @@ __all__ = [
     "InvalidLogitsError",
     "LogitsWarper",
     "MissingModelError",
+    "OutcomeRewardModel",
     "ParticleTrace",
     "PerRowMinPLogitsWarper",
     "PerRowTemperatureLogitsWarper",
     "PerRowTopKLogitsWarper",
     "PerRowTopPLogitsWarper",
+    "ProcessRewardModel",
     "RewardModelError",
+    "SelfCertainty",
     "UnknownDecodingError",
     "__version__",
     "available_decoders",
@@ -60,5 +65,7 @@ __all__ = [
     "get_decoder",
     "load_default_model",
     "register_decoder",
+    "rewards",
     "set_default_decoding",
+    "smc",
 ]

@@ -1,0 +1,297 @@
+"""What every particle decoder does before and after its method-specific part: resolve options, check the
+tokenizer and reward, prefill once, build the step runner and the reward session, and pick the returned
+particle."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
+from ..generation.loop import make_generator, option
+from ..generation.steps import StepConfig, StepRunner
+from ..rewards.base import RewardModel, RewardSession, as_reward_model
+from .cost import CostMeter
+from .options import ParticleOptions, particle_options, resolve_options
+from .selection import extract_answer, select_particles
+from .state import ParticleBatch, PrefilledPrompts
+from .sweep import SweepResult
+
+__all__ = ["STEP_DEFAULTS", "ParticleSetup", "prepare", "select_final", "slot_texts", "step_config_from"]
+
+#: Defaults of the step options shared by every step-level decoder.
+STEP_DEFAULTS: dict[str, Any] = {
+    "step_delimiter": None,
+    "tokens_per_step": None,
+    "max_steps": None,
+    "stop_pattern": None,
+}
+
+
+@dataclass
+class ParticleSetup:
+    """Everything a particle decoder needs, built by [`prepare`]."""
+
+    options: ParticleOptions
+    step_config: StepConfig
+    runner: StepRunner
+    reward: RewardModel | None
+    prompts: PrefilledPrompts
+    prompt_texts: list[str]
+    prompt_tokens: list[int]
+    tokenizer: Any
+    generator: torch.Generator | None
+    meter: CostMeter
+    pad_token_id: int
+    answer_extractor: Any
+
+    def new_batch(self, num_particles: int, copies: int = 1, reuse: bool = True) -> ParticleBatch:
+        """B·copies groups of `num_particles` fanned out of the single prefill."""
+        batch = ParticleBatch.from_prefilled(self.prompts, num_particles * copies, self.pad_token_id, copy=reuse)
+        if copies > 1:
+            batch.split_groups(copies)
+        return batch
+
+    def new_session(self, batch: ParticleBatch) -> RewardSession | None:
+        """A reward session over the batch's slots (`None` without a reward model)."""
+        if self.reward is None:
+            return None
+        n = batch.num_particles
+        per_group = batch.num_groups // len(self.prompt_texts)
+        texts = [self.prompt_texts[g // per_group] for g in range(batch.num_groups) for _ in range(n)]
+        tokens = [self.prompt_tokens[g // per_group] for g in range(batch.num_groups) for _ in range(n)]
+        return self.reward.open_session(
+            texts, prompt_tokens=tokens, on_error=self.options.on_reward_error, num_particles=n
+        )
+
+    def answers(self, result: SweepResult) -> list[list[str | None]]:
+        """Extracted answer of every particle, `(B, N)` nested lists."""
+        texts = slot_texts(result, self.tokenizer)
+        n = result.batch.num_particles
+        if self.answer_extractor is None:
+            raise InvalidDecodingArgument("An answer extractor is needed for voting; pass `answer_extractor=`.")
+        flat = [self.answer_extractor(t) for t in texts]
+        return [flat[b * n : (b + 1) * n] for b in range(result.batch.num_groups)]
+
+
+def slot_texts(result: SweepResult, tokenizer: Any) -> list[str]:
+    """The completion text of every slot (decoded from its tokens)."""
+    batch = result.batch
+    if tokenizer is None:
+        raise InvalidDecodingArgument(
+            "Answer voting reads the particles' text: pass `tokenizer=tokenizer` to `generate`."
+        )
+    return tokenizer.batch_decode(
+        [batch.slot_tokens(s).tolist() for s in range(batch.num_slots)], skip_special_tokens=True
+    )
+
+
+def step_config_from(resolved: dict[str, Any], max_new_tokens: int) -> StepConfig:
+    """A [`StepConfig`] from resolved option values."""
+    return StepConfig(
+        step_delimiter=resolved["step_delimiter"],
+        tokens_per_step=resolved["tokens_per_step"],
+        max_steps=resolved["max_steps"],
+        stop_pattern=resolved["stop_pattern"],
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def _max_new_tokens(generation_config: GenerationConfig, prompt_len: int) -> int:
+    if generation_config.max_new_tokens is not None:
+        return int(generation_config.max_new_tokens)
+    return max(1, int(generation_config.max_length) - prompt_len)
+
+
+def prepare(
+    model: Any,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    model_kwargs: dict[str, Any],
+    *,
+    method: str,
+    values: dict[str, Any],
+    defaults: dict[str, Any],
+    preset: str | None,
+    reward_model: Any,
+    require_reward: bool,
+    tokenizer: Any,
+    seed: int | None,
+    generator: torch.Generator | None,
+    reward_prompts: list[str] | None,
+    answer_extractor: Any,
+) -> tuple[ParticleSetup, dict[str, Any]]:
+    """Resolves and validates options, checks the inputs, prefills the prompts once.
+
+    Returns `(setup, resolved)` where `resolved` also holds the method's own options.
+    """
+    meter = CostMeter(input_ids.device)
+    resolved = resolve_options(generation_config, preset, values, {**STEP_DEFAULTS, **defaults})
+    # Unset delimiter: "\n\n", unless fixed-size steps were asked for. "" / False: no delimiter.
+    if resolved["step_delimiter"] is None:
+        resolved["step_delimiter"] = None if resolved["tokens_per_step"] is not None else "\n\n"
+    elif resolved["step_delimiter"] in ("", False):
+        resolved["step_delimiter"] = None
+    options = particle_options(resolved)
+    step_config = step_config_from(resolved, _max_new_tokens(generation_config, input_ids.shape[1]))
+    reward_model = option(generation_config, "reward_model", reward_model, None)
+    reward = None
+    if reward_model is not None or require_reward:
+        reward = as_reward_model(reward_model)
+    if reward is not None and reward.requires_text and tokenizer is None:
+        raise InvalidDecodingArgument(
+            f"The reward model {reward!r} scores text, so `{method}` needs the tokenizer. Fix: pass "
+            "`tokenizer=tokenizer` to `generate` (after `hf_decoding.enable(model)` it is forwarded to the decoder; "
+            f"with `custom_generate=` bind it: `functools.partial(hf_decoding.decoders.{method}, tokenizer=tok)`)."
+        )
+    if options.selection == "weighted_vote" and tokenizer is None:
+        raise InvalidDecodingArgument(
+            "`selection='weighted_vote'` extracts answers from the particles' text: pass `tokenizer=tokenizer`."
+        )
+    if not generation_config.do_sample:
+        warnings.warn(
+            f"`{method}` samples its particles; do_sample=False only means transformers built no temperature / "
+            "top-k / top-p warpers, so particles are drawn from the model's untempered distribution. Pass "
+            "do_sample=True (with e.g. temperature=0.8) to set the proposal.",
+            HfDecodingWarning,
+            stacklevel=3,
+        )
+    generator = make_generator(option(generation_config, "seed", seed, None), generator, input_ids.device)
+    pad = generation_config._pad_token_tensor
+    if pad is None:
+        eos = generation_config._eos_token_tensor
+        pad = eos.reshape(-1)[0] if eos is not None else torch.tensor(0)
+    pad_token_id = int(pad.reshape(-1)[0]) if isinstance(pad, torch.Tensor) else int(pad)
+    if reward_prompts is not None:
+        if isinstance(reward_prompts, str):
+            reward_prompts = [reward_prompts]
+        if len(reward_prompts) != input_ids.shape[0]:
+            raise invalid_argument(
+                "reward_prompts", f"{len(reward_prompts)} prompts", f"one text per prompt ({input_ids.shape[0]})"
+            )
+        prompt_texts = list(reward_prompts)
+    elif tokenizer is not None:
+        prompt_texts = tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+    else:
+        prompt_texts = [""] * input_ids.shape[0]
+    mask = model_kwargs.get("attention_mask")
+    prompt_tokens = (mask.sum(-1) if mask is not None else torch.full((input_ids.shape[0],), input_ids.shape[1])).tolist()
+    runner = StepRunner(
+        model, logits_processor, stopping_criteria, generation_config, step_config,
+        tokenizer=tokenizer, generator=generator,
+        record_token_stats=bool(getattr(reward, "needs_token_stats", False)),
+    )
+    with meter.phase("prefill"):
+        prompts = PrefilledPrompts.prefill(model, input_ids, generation_config, model_kwargs)
+    extractor = answer_extractor if answer_extractor is not None else extract_answer
+    setup = ParticleSetup(
+        options=options, step_config=step_config, runner=runner, reward=reward, prompts=prompts,
+        prompt_texts=prompt_texts, prompt_tokens=[int(t) for t in prompt_tokens], tokenizer=tokenizer,
+        generator=generator, meter=meter, pad_token_id=pad_token_id, answer_extractor=extractor,
+    )
+    return setup, resolved
+
+
+def select_final(setup: ParticleSetup, result: SweepResult, method: str) -> torch.LongTensor:
+    """The returned particle of each group with `method` (`argmax | sample | weighted_vote`)."""
+    with setup.meter.phase("selection"):
+        answers = setup.answers(result) if method == "weighted_vote" else None
+        return select_particles(method, result.log_weights, result.scores, answers, setup.generator)
+
+
+def run_sweep(
+    setup: ParticleSetup,
+    policy: Any,
+    num_particles: int,
+    *,
+    copies: int = 1,
+    references: list[Any] | None = None,
+    temperatures: torch.Tensor | None = None,
+    keep_steps: bool = False,
+    progress: bool = False,
+    reuse_prefill: bool = False,
+) -> tuple[SweepResult, RewardSession | None, int]:
+    """Builds a batch (B·copies groups of `num_particles`) and a session, runs one sweep.
+
+    Returns `(result, session, forward_passes)`.
+    """
+    from .sweep import ParticleSweep
+
+    batch = setup.new_batch(num_particles, copies=copies, reuse=reuse_prefill)
+    session = setup.new_session(batch)
+    sweep = ParticleSweep(
+        batch, setup.runner, session, setup.options, policy, setup.meter,
+        temperatures=temperatures, keep_steps=keep_steps, progress=progress,
+    )
+    result = sweep.run(references)
+    return result, session, batch.forward_passes
+
+
+def merge_groups(result: SweepResult, copies: int) -> SweepResult:
+    """Views B·copies groups of N as B groups of copies·N (the inverse of `ParticleBatch.split_groups`)."""
+    if copies == 1:
+        return result
+    batch = result.batch
+    b = batch.num_groups // copies
+    n = batch.num_particles * copies
+    batch.num_groups, batch.num_particles = b, n
+    batch.prompt_ids = batch.prompt_ids[::copies]
+    steps = result.ess.shape[-1]
+    result.log_weights = result.log_weights.reshape(b, n)
+    result.scores = result.scores.reshape(b, n)
+    result.ess = result.ess.reshape(b, copies, steps).sum(1)
+    result.ancestors = (
+        result.ancestors.reshape(b, copies, steps, -1)
+        + (torch.arange(copies, device=result.ancestors.device) * (n // copies))[None, :, None, None]
+    ).permute(0, 2, 1, 3).reshape(b, steps, n)
+    result.log_normalizer = result.log_normalizer.reshape(b, copies).logsumexp(-1) - float(torch.log(torch.tensor(copies)))
+    return result
+
+
+def independent_samples(
+    model: Any,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    model_kwargs: dict[str, Any],
+    *,
+    method: str,
+    num_particles: int | None,
+    reward_model: Any,
+    require_reward: bool,
+    score_mode: str | None,
+    on_reward_error: str | None,
+    tokenizer: Any,
+    seed: int | None,
+    generator: torch.Generator | None,
+    reward_prompts: list[str] | None,
+    answer_extractor: Any,
+    max_steps: int | None = None,
+    stop_pattern: str | None = None,
+) -> tuple[ParticleSetup, SweepResult, RewardSession | None, int]:
+    """N independent completions per prompt from one prefill, each scored once when it finishes (best-of-N,
+    weighted best-of-N, self-consistency). Returns `(setup, result, session, forward_passes)`."""
+    from .sweep import NoResampling
+
+    values = {
+        "num_particles": num_particles, "score_mode": score_mode, "on_reward_error": on_reward_error,
+        "step_delimiter": False, "max_steps": max_steps, "stop_pattern": stop_pattern,
+        "resampling": "systematic", "ess_threshold": 0.0, "selection": "argmax",
+    }
+    defaults = {"num_particles": 8, "score_mode": "model", "on_reward_error": "raise", "resampling": "systematic",
+                "ess_threshold": 0.0, "selection": "argmax"}
+    setup, _ = prepare(
+        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
+        method=method, values=values, defaults=defaults, preset=None, reward_model=reward_model,
+        require_reward=require_reward, tokenizer=tokenizer, seed=seed, generator=generator,
+        reward_prompts=reward_prompts, answer_extractor=answer_extractor,
+    )
+    result, session, passes = run_sweep(setup, NoResampling(), setup.options.num_particles)
+    return setup, result, session, 1 + passes

@@ -1,0 +1,112 @@
+"""Final selection among particles (`argmax | sample | weighted_vote`) and answer extraction for votes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..errors import InvalidDecodingArgument
+from .weights import normalize_log_weights
+
+__all__ = [
+    "SELECTION_METHODS",
+    "AnswerExtractor",
+    "extract_answer",
+    "majority_vote",
+    "normalize_answer",
+    "select_particles",
+    "weighted_vote",
+]
+
+SELECTION_METHODS = ("argmax", "sample", "weighted_vote")
+
+AnswerExtractor = Callable[[str], "str | None"]
+
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_ANSWER_IS = re.compile(r"(?:answer is|answer:|####)\s*:?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def normalize_answer(answer: str | None) -> str | None:
+    """Canonical form for comparing answers: a lone number loses `$`, commas and trailing zeros; other text is
+    whitespace-normalised."""
+    if answer is None:
+        return None
+    text = answer.strip().strip("$").strip().rstrip(".").strip()
+    numbers = _NUMBER.findall(text)
+    if len(numbers) == 1 and re.fullmatch(r"[\s$\\a-zA-Z{}]*-?\d[\d,]*(?:\.\d+)?[\s\\a-zA-Z{}%]*", text):
+        value = float(numbers[0].replace(",", ""))
+        return str(int(value)) if value == int(value) else f"{value:g}"
+    return re.sub(r"\s+", " ", text) or None
+
+
+def extract_answer(text: str, last_number_fallback: bool = True) -> str | None:
+    """The final answer in `text`: the last `\\boxed{...}`, else "answer is N" / "#### N", else (by default) the
+    last number, normalised with [`normalize_answer`]; `None` when there is none."""
+    boxed = _BOXED.findall(text)
+    if boxed:
+        return normalize_answer(boxed[-1])
+    stated = _ANSWER_IS.findall(text)
+    if stated:
+        return normalize_answer(stated[-1])
+    if last_number_fallback:
+        numbers = _NUMBER.findall(text)
+        if numbers:
+            return normalize_answer(numbers[-1])
+    return None
+
+
+def weighted_vote(answers: Sequence[str | None], weights: Sequence[float]) -> str | None:
+    """The answer with the largest summed weight (`None` answers do not vote; ties: first seen)."""
+    totals: dict[str, float] = {}
+    for answer, weight in zip(answers, weights, strict=False):
+        if answer is not None:
+            totals[answer] = totals.get(answer, 0.0) + float(weight)
+    if not totals:
+        return None
+    return max(totals, key=lambda a: (totals[a], -list(totals).index(a)))
+
+
+def majority_vote(answers: Sequence[str | None]) -> str | None:
+    """The most frequent answer (self-consistency); ties: first seen."""
+    return weighted_vote(answers, [1.0] * len(answers))
+
+
+def select_particles(
+    method: str,
+    log_weights: torch.Tensor,
+    scores: torch.Tensor,
+    answers: list[list[str | None]] | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.LongTensor:
+    """Index of the returned particle of each group, shape `(B,)`.
+
+    Args:
+        method (`str`): `"argmax"` (highest final reward score, as the reference code), `"sample"` (one draw from
+            the normalised weights), `"weighted_vote"` (the answer with the largest summed normalised weight, then
+            its particle with the highest reward).
+        log_weights (`torch.Tensor` of shape `(B, N)`): final log-weights.
+        scores (`torch.Tensor` of shape `(B, N)`): each particle's final (aggregated) reward; `-inf` allowed.
+        answers (`list[list[str | None]]`, *optional*): extracted answers, needed by `"weighted_vote"`.
+        generator (`torch.Generator`, *optional*): for `"sample"`.
+    """
+    if method not in SELECTION_METHODS:
+        raise InvalidDecodingArgument(f"`selection` must be one of {list(SELECTION_METHODS)}, got {method!r}.")
+    scores = torch.nan_to_num(scores.to(torch.float64), nan=-float("inf"))
+    if method == "argmax":
+        return scores.argmax(-1)
+    weights = normalize_log_weights(log_weights.to(torch.float64)).exp()  # (B, N)
+    if method == "sample":
+        gen_device = generator.device if generator is not None else weights.device
+        return torch.multinomial(weights.to(gen_device), 1, generator=generator).squeeze(-1).to(weights.device)
+    if answers is None:
+        raise InvalidDecodingArgument("`selection='weighted_vote'` needs the particles' answers (an answer extractor).")
+    out = []
+    for b, group in enumerate(answers):
+        winner = weighted_vote(group, weights[b].tolist())
+        candidates = [n for n, a in enumerate(group) if a == winner] if winner is not None else list(range(len(group)))
+        best = max(candidates, key=lambda n: (scores[b, n].item(), -n))
+        out.append(best)
+    return torch.tensor(out, dtype=torch.long, device=log_weights.device)
