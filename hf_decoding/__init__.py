@@ -23,6 +23,7 @@ from .processors import (
     PerRowTemperatureLogitsWarper,
     PerRowTopKLogitsWarper,
     PerRowTopPLogitsWarper,
+    TokenProbabilityLogitsProcessor,
 )
 from .registry import available_decoders, enable, get_decoder, register_decoder, set_default_decoding
 from .rewards import ArithmeticStepVerifier, OutcomeRewardModel, ProcessRewardModel, SelfCertainty
@@ -55,6 +56,7 @@ __all__ = [
     "PerRowTopPLogitsWarper",
     "ProcessRewardModel",
     "RewardModelError",
+    "TokenProbabilityLogitsProcessor",
     "SelfCertainty",
     "UnknownDecodingError",
     "__version__",

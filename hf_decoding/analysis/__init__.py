@@ -1,5 +1,5 @@
 """Analyses of decoding strategies (distortion at matched kept mass, ...). Import the submodules you need."""
 
-from . import distortion
+from . import distortion, embeddings
 
-__all__ = ["distortion"]
+__all__ = ["distortion", "embeddings"]

@@ -78,6 +78,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="Print a JSON document instead of a table.")
     add_device_argument(parser)
     parser.set_defaults(handler=run_distortion, help_parser=parser)
+    from . import analyze_embeddings
+
+    analyze_embeddings.add_parser(analyses)
 
 
 def run_distortion(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from .per_row import (
     PerRowTopKLogitsWarper,
     PerRowTopPLogitsWarper,
 )
+from .token_probability import TokenProbabilityLogitsProcessor
 
 __all__ = [
     "DistortionAwareNucleusLogitsProcessor",
@@ -18,6 +19,7 @@ __all__ = [
     "PerRowTemperatureLogitsWarper",
     "PerRowTopKLogitsWarper",
     "PerRowTopPLogitsWarper",
+    "TokenProbabilityLogitsProcessor",
     "distortion_from_scores",
     "is_warper",
     "warper_temperature",
