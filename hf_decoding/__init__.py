@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import decoders, rewards, smc
+from .autodeco import AutoDecoConfig, AutoDecoModelForCausalLM
 from .errors import (
     HfDecodingError,
     HfDecodingWarning,
@@ -35,6 +36,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "ArithmeticStepVerifier",
+    "AutoDecoConfig",
+    "AutoDecoModelForCausalLM",
     "AutoDecoTrace",
     "DecodingCost",
     "DecodingOutput",

@@ -12,13 +12,13 @@ import logging
 import sys
 
 from ..errors import HfDecodingError
-from . import analyze, demo, env, generate
+from . import analyze, autodeco, demo, env, generate
 
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
-_SUBCOMMANDS = (demo, generate, analyze, env)
+_SUBCOMMANDS = (demo, generate, autodeco, analyze, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
