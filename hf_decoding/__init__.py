@@ -3,7 +3,6 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import decoders, rewards, smc
-from .autodeco import AutoDecoConfig, AutoDecoModelForCausalLM
 from .errors import (
     HfDecodingError,
     HfDecodingWarning,
@@ -24,7 +23,6 @@ from .processors import (
     PerRowTemperatureLogitsWarper,
     PerRowTopKLogitsWarper,
     PerRowTopPLogitsWarper,
-    TokenProbabilityLogitsProcessor,
 )
 from .registry import available_decoders, enable, get_decoder, register_decoder, set_default_decoding
 from .rewards import ArithmeticStepVerifier, OutcomeRewardModel, ProcessRewardModel, SelfCertainty
@@ -36,8 +34,6 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "ArithmeticStepVerifier",
-    "AutoDecoConfig",
-    "AutoDecoModelForCausalLM",
     "AutoDecoTrace",
     "DecodingCost",
     "DecodingOutput",
@@ -59,7 +55,6 @@ __all__ = [
     "PerRowTopPLogitsWarper",
     "ProcessRewardModel",
     "RewardModelError",
-    "TokenProbabilityLogitsProcessor",
     "SelfCertainty",
     "UnknownDecodingError",
     "__version__",

@@ -56,14 +56,19 @@ def evaluate(
     step_delimiter: str = "\n",
     beam_width: int = 4,
     temperature: float = 0.8,
+    runs: tuple[str, ...] = ("samples", *STEP_METHODS),
 ) -> list[dict[str, Any]]:
-    """One row per (method, N, seed) with accuracy and mean compute per problem."""
+    """One row per (method, N, seed) with accuracy and mean compute per problem.
+
+    `runs` picks what to run: `"samples"` (best-of-N, weighted best-of-N and self-consistency, all from the same
+    N samples) and any of `STEP_METHODS`; long evaluations can be split into several calls and merged.
+    """
     verifier = ArithmeticStepVerifier()
     inputs = problem_inputs(tokenizer, problems, model.device)
     prompt_len = inputs["input_ids"].shape[1]
     gold = [p.answer for p in problems]
     rows: list[dict[str, Any]] = []
-    jobs = [(run, n, seed) for seed in seeds for n in budgets for run in ("samples", *STEP_METHODS)]
+    jobs = [(run, n, seed) for seed in seeds for n in budgets for run in runs]
     jobs = [(r, n, s) for r, n, s in jobs if r not in ("beam_search_prm", "dvts") or n % beam_width == 0]
     for run, n, seed in tqdm(jobs, desc="particle eval", unit="run"):
         name = "best_of_n" if run == "samples" else run
@@ -161,10 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", type=int, default=12)
     parser.add_argument("--problem-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1, help="operations per problem (1 or 2)")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--budgets", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", nargs="+", default=["samples", *STEP_METHODS], choices=["samples", *STEP_METHODS],
+                        help="what to run (split long evaluations, then merge with --merge)")
+    parser.add_argument("--merge", nargs="*", default=[], help="earlier --out files whose rows are added")
     parser.add_argument("--out", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args(argv)
@@ -175,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_default_model(args.model)
     problems = make_problems(args.problems, seed=args.problem_seed, steps=args.steps)
     started = time.perf_counter()
-    rows = evaluate(model, tokenizer, problems, args.budgets, args.seeds, max_new_tokens=args.max_new_tokens)
+    rows = evaluate(
+        model, tokenizer, problems, args.budgets, args.seeds, max_new_tokens=args.max_new_tokens, runs=tuple(args.runs)
+    )
+    for path in args.merge:
+        rows.extend(json.loads(pathlib.Path(path).read_text())["rows"])
     summary = summarize(rows)
     result = {"config": vars(args), "wall_seconds": time.perf_counter() - started, "summary": summary, "rows": rows}
     if args.out:
