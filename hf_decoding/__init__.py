@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import decoders, rewards, smc
+from .autodeco import AutoDecoConfig, AutoDecoModelForCausalLM
 from .errors import (
     HfDecodingError,
     HfDecodingWarning,
@@ -23,6 +24,7 @@ from .processors import (
     PerRowTemperatureLogitsWarper,
     PerRowTopKLogitsWarper,
     PerRowTopPLogitsWarper,
+    TokenProbabilityLogitsProcessor,
 )
 from .registry import available_decoders, enable, get_decoder, register_decoder, set_default_decoding
 from .rewards import ArithmeticStepVerifier, OutcomeRewardModel, ProcessRewardModel, SelfCertainty
@@ -34,6 +36,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "ArithmeticStepVerifier",
+    "AutoDecoConfig",
+    "AutoDecoModelForCausalLM",
     "AutoDecoTrace",
     "DecodingCost",
     "DecodingOutput",
@@ -55,6 +59,7 @@ __all__ = [
     "PerRowTopPLogitsWarper",
     "ProcessRewardModel",
     "RewardModelError",
+    "TokenProbabilityLogitsProcessor",
     "SelfCertainty",
     "UnknownDecodingError",
     "__version__",

@@ -1,6 +1,7 @@
 """Decoders: one module per method. Each is a `custom_generate` callable and is registered by name."""
 
 from ..registry import register_decoder
+from .autodeco import autodeco
 from .beam_search_prm import beam_search_prm
 from .best_of_n import best_of_n
 from .distortion_aware_nucleus import distortion_aware_nucleus
@@ -13,6 +14,7 @@ from .self_consistency import self_consistency
 from .weighted_best_of_n import weighted_best_of_n
 
 register_decoder("sample", sample, overwrite=True)
+register_decoder("autodeco", autodeco, overwrite=True)
 register_decoder("distortion_aware_nucleus", distortion_aware_nucleus, overwrite=True)
 register_decoder("particle_filter", particle_filter, overwrite=True)
 register_decoder("particle_gibbs", particle_gibbs, overwrite=True)
@@ -24,6 +26,7 @@ register_decoder("beam_search_prm", beam_search_prm, overwrite=True)
 register_decoder("dvts", dvts, overwrite=True)
 
 __all__ = [
+    "autodeco",
     "beam_search_prm",
     "best_of_n",
     "distortion_aware_nucleus",
