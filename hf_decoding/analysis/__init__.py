@@ -1,5 +1,8 @@
-"""Analyses of decoding strategies (distortion at matched kept mass, ...). Import the submodules you need."""
+"""Analyses of decoding strategies (distortion at matched kept mass, masked-diffusion convergence, ...).
 
-from . import distortion, embeddings
+Import the submodules you need.
+"""
 
-__all__ = ["distortion", "embeddings"]
+from . import convergence, distortion, embeddings
+
+__all__ = ["convergence", "distortion", "embeddings"]

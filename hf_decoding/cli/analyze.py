@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
 
     analyze = subparsers.add_parser(
         "analyze",
-        help="Analyses of decoding strategies (distortion).",
+        help="Analyses of decoding strategies (distortion, convergence).",
         description="Analyses of decoding strategies. Run `hf-decoding analyze distortion --help`.",
     )
     analyze.set_defaults(help_parser=analyze)
@@ -78,6 +78,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="Print a JSON document instead of a table.")
     add_device_argument(parser)
     parser.set_defaults(handler=run_distortion, help_parser=parser)
+    from . import analyze_convergence
+
+    analyze_convergence.register(analyses)
     from . import analyze_embeddings
 
     analyze_embeddings.add_parser(analyses)
