@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import decoders, rewards, smc
 from .autodeco import AutoDecoConfig, AutoDecoModelForCausalLM
+from .diffusion import MaskedDiffusionOutput
 from .errors import (
     HfDecodingError,
     HfDecodingWarning,
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidDecodingArgument",
     "InvalidLogitsError",
     "LogitsWarper",
+    "MaskedDiffusionOutput",
     "MissingModelError",
     "OutcomeRewardModel",
     "ParticleTrace",
