@@ -83,10 +83,14 @@ class DistortionAwareNucleusLogitsProcessor(LogitsWarper):
         covered = torch.exp(top_vals.to(torch.float64) - lse).sum(-1) >= p[:, 0]  # (B,)
         if k < vocab and not bool(covered.all()):
             # Exact fallback: the nucleus of these rows is wider than the prefilter, sort their whole vocabulary.
-            wide = (~covered).nonzero(as_tuple=True)[0]
-            sorted_vals, sorted_idx = torch.sort(scores[wide], descending=True)  # (W, V)
-            wide_vals = self._kept_values(sorted_vals, lse[wide], p[wide])
-            out[wide] = out[wide].scatter(1, sorted_idx, wide_vals)
+            if not bool(covered.any()):
+                sorted_vals, sorted_idx = torch.sort(scores, descending=True)  # (B, V)
+                out = out.scatter(1, sorted_idx, self._kept_values(sorted_vals, lse, p))
+            else:
+                wide = (~covered).nonzero(as_tuple=True)[0]
+                sorted_vals, sorted_idx = torch.sort(scores[wide], descending=True)  # (W, V)
+                wide_vals = self._kept_values(sorted_vals, lse[wide], p[wide])
+                out[wide] = out[wide].scatter(1, sorted_idx, wide_vals)
             rows_done = covered
         else:
             rows_done = torch.ones(batch, dtype=torch.bool, device=scores.device)
@@ -103,19 +107,22 @@ class DistortionAwareNucleusLogitsProcessor(LogitsWarper):
 
     def _kept_values(self, sorted_vals: torch.Tensor, lse: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         """Scores for tokens sorted by descending score: kept, boundary-adjusted or filtered. Shapes (R, K)."""
-        probs = torch.exp(sorted_vals.to(torch.float64) - lse)  # (R, K)
-        mass_before = torch.cumsum(probs, dim=-1) - probs  # exclusive cumulative mass
-        keep = mass_before < p
-        position = torch.arange(sorted_vals.shape[-1], device=sorted_vals.device)
-        forced = position < self.min_tokens_to_keep  # (K,)
-        keep = keep | forced
-        # The boundary is the last kept token of the prefix; its kept probability is p - mass_before.
-        crosses = (mass_before + probs >= p) & (mass_before < p)
-        nucleus_size = (mass_before < p).sum(-1, keepdim=True)  # (R, 1)
-        binding_min = nucleus_size < self.min_tokens_to_keep  # min_tokens_to_keep wins: keep those in full
-        boundary = crosses & ~binding_min
+        width = sorted_vals.shape[-1]
+        cumulative = torch.cumsum(torch.exp(sorted_vals.to(torch.float64) - lse), dim=-1)  # (R, K), inclusive
+        # The nucleus is the prefix up to and including the first token whose inclusive mass reaches p (the
+        # boundary); its size is 1 + the number of prefixes still short of p.
+        nucleus_size = ((cumulative < p).sum(-1, keepdim=True) + 1).clamp(max=width)  # (R, 1)
+        boundary = nucleus_size - 1
+        mass_before = torch.where(
+            boundary > 0, cumulative.gather(-1, (boundary - 1).clamp(min=0)), torch.zeros_like(p)
+        )  # (R, 1): exact exclusive mass of the boundary token
+        # min_tokens_to_keep wins when the nucleus is smaller: those tokens are kept in full, nothing is adjusted.
+        adjust = (cumulative.gather(-1, boundary) >= p) & (nucleus_size >= self.min_tokens_to_keep)  # (R, 1)
+        position = torch.arange(width, device=sorted_vals.device)
+        keep = position < torch.clamp(nucleus_size, min=self.min_tokens_to_keep)  # (R, K)
+        values = sorted_vals.masked_fill(~keep, self.filter_value)
         boundary_value = (lse + torch.log((p - mass_before).clamp(min=torch.finfo(torch.float64).tiny))).to(
             sorted_vals.dtype
         )
-        values = torch.where(boundary, boundary_value, sorted_vals)
-        return values.masked_fill(~keep, self.filter_value)
+        boundary_value = torch.where(adjust, boundary_value, values.gather(-1, boundary))
+        return values.scatter(-1, boundary, boundary_value)
