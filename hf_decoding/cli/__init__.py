@@ -12,13 +12,13 @@ import logging
 import sys
 
 from ..errors import HfDecodingError
-from . import analyze, autodeco, demo, diffusion, env, generate
+from . import analyze, autodeco, demo, detect, diffusion, env, generate
 
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
-_SUBCOMMANDS = (demo, generate, autodeco, analyze, diffusion, env)
+_SUBCOMMANDS = (demo, generate, autodeco, analyze, diffusion, detect, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
