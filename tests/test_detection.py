@@ -279,6 +279,19 @@ def test_prefix_and_max_tokens(model, tokenizer) -> None:
     assert short.item() == pytest.approx(detector.score("t5 t9 t11 t3", method="loglik").item(), abs=1e-6)
 
 
+def test_scores_by_length_equal_truncated_scores(model) -> None:
+    generator = torch.Generator().manual_seed(5)
+    ids = [torch.randint(4, VOCAB, (int(n),), generator=generator).tolist() for n in (12, 7, 20)]
+    by_length = Detector(model, progress=False).score_ids_by_length(ids, [5, 10, 16])
+    for n in (5, 10, 16):
+        keep = [i for i, row in enumerate(ids) if len(row) >= n]
+        truncated = Detector(model, max_tokens=n, progress=False).score_ids([ids[i] for i in keep])
+        for method in METHODS:
+            assert torch.allclose(by_length[n][method][keep], truncated[method], atol=1e-5), (n, method)
+            missing = [i for i in range(len(ids)) if i not in keep]
+            assert bool(torch.isnan(by_length[n][method][missing]).all())
+
+
 def test_bad_inputs(model, tokenizer) -> None:
     detector = Detector(model, tokenizer, min_tokens=4, progress=False)
     with pytest.raises(EmptyTextError, match=r"texts\[1\]"):

@@ -241,7 +241,6 @@ class Detector:
             checked.append(row)
         return checked
 
-    @torch.no_grad()
     def score_ids(
         self,
         token_ids: Sequence[Sequence[int]],
@@ -261,6 +260,37 @@ class Detector:
             `dict[str, torch.DoubleTensor]`: method -> scores of shape `(len(token_ids),)`. After a call that
             includes `"distortion"`, `self.last_settings` holds the best grid setting of each sequence.
         """
+        return self._score(token_ids, methods, prefix_ids, None)[0]
+
+    def score_ids_by_length(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        lengths: Sequence[int],
+        methods: Sequence[str] | None = None,
+        *,
+        prefix_ids: Sequence[Sequence[int]] | None = None,
+    ) -> dict[int, dict[str, torch.Tensor]]:
+        """Scores of the first `L` tokens of each sequence for several `L`, from one forward pass.
+
+        The model is causal, so the score at length `L` equals [`score_ids`] with `max_tokens=L`. Sequences shorter
+        than `L` get `nan` at that length.
+
+        Returns:
+            `dict[int, dict[str, torch.DoubleTensor]]`: length -> method -> scores of shape `(len(token_ids),)`.
+        """
+        lengths = sorted({int(n) for n in lengths})
+        if not lengths or lengths[0] < 1:
+            raise invalid_argument("lengths", lengths, "a non-empty list of positive integers")
+        return self._score(token_ids, methods, prefix_ids, lengths)
+
+    @torch.no_grad()
+    def _score(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        methods: Sequence[str] | None,
+        prefix_ids: Sequence[Sequence[int]] | None,
+        lengths: list[int] | None,
+    ) -> dict[Any, Any]:
         from tqdm.auto import tqdm
 
         methods = list(METHODS if methods is None else methods)
@@ -283,10 +313,12 @@ class Detector:
                     f"`texts[{i}]` has {len(row)} tokens, fewer than min_tokens={self.min_tokens}. Pass longer "
                     "texts or lower `min_tokens` (short texts give unreliable scores)."
                 )
-        if self.max_tokens is not None:
-            ids = [row[: self.max_tokens] for row in ids]
+        limit = self.max_tokens if lengths is None else max(lengths)
+        if limit is not None:
+            ids = [row[:limit] for row in ids]
 
-        scores = {m: torch.zeros(len(ids), dtype=torch.float64) for m in methods}
+        keys = [None] if lengths is None else lengths
+        scores = {key: {m: torch.full((len(ids),), math.nan, dtype=torch.float64) for m in methods} for key in keys}
         settings: list[SamplerSetting] = [self.grid[0]] * len(ids)
         # Longest first so that each batch pads little; results are written back to the input order.
         order = sorted(range(len(ids)), key=lambda i: -(len(contexts[i]) + len(ids[i])))
@@ -304,39 +336,52 @@ class Detector:
             for b, i in enumerate(batch):
                 start = len(contexts[i]) - 1
                 row_logits = logits[b, start : start + len(ids[i])].float().cpu()  # (T, V)
-                row_scores, best = self._sequence_scores(row_logits, torch.tensor(ids[i]), methods)
-                for method, value in row_scores.items():
-                    scores[method][i] = value
+                row_lengths = [len(ids[i])] if lengths is None else [n for n in lengths if n <= len(ids[i])]
+                row_scores, best = self._sequence_scores(row_logits, torch.tensor(ids[i]), methods, row_lengths)
+                for n, values in row_scores.items():
+                    key = None if lengths is None else n
+                    for method, value in values.items():
+                        scores[key][method][i] = value
                 if best is not None:
                     settings[i] = best
         if "distortion" in methods:
             self.last_settings = settings
-        return scores
+        return scores if lengths is not None else {0: scores[None]}
 
     def _sequence_scores(
-        self, logits: torch.Tensor, tokens: torch.Tensor, methods: Sequence[str]
-    ) -> tuple[dict[str, float], SamplerSetting | None]:
-        """Scores of one sequence from its `(T, V)` logits and `(T,)` tokens."""
+        self, logits: torch.Tensor, tokens: torch.Tensor, methods: Sequence[str], lengths: Sequence[int]
+    ) -> tuple[dict[int, dict[str, float]], SamplerSetting | None]:
+        """Scores of the first `n` tokens of one sequence for each `n` in `lengths`, from `(T, V)` logits."""
         log_probs, observed = token_log_probs(logits, tokens)  # (T, V), (T,)
-        length = tokens.shape[0]
-        out: dict[str, float] = {}
-        best = None
+        per_token: dict[str, torch.Tensor] = {}  # method -> per-token terms, cumulated over positions
         for method in methods:
             if method == "loglik":
-                out[method] = float(observed.mean())
+                per_token[method] = observed.cumsum(0)  # (T,)
             elif method == "logrank":
-                out[method] = float(-rank(log_probs, tokens).log().mean())
+                per_token[method] = -rank(log_probs, tokens).log().cumsum(0)
             elif method == "fast_detectgpt":
                 mean, variance = fast_detectgpt_terms(log_probs)
-                out[method] = float((observed.sum() - mean.sum()) / variance.sum().clamp_min(1e-12).sqrt())
+                per_token[method] = torch.stack([(observed - mean).cumsum(0), variance.cumsum(0)], -1)  # (T, 2)
             elif method == "temptest":
-                ratio = log_ratio(log_probs, tokens, [SamplerSetting(self.temperature)])  # (T, 1)
-                out[method] = float(ratio[:, 0].mean())
+                per_token[method] = log_ratio(log_probs, tokens, [SamplerSetting(self.temperature)])[:, 0].cumsum(0)
             else:
-                totals = log_ratio(log_probs, tokens, self.grid, epsilon=self.epsilon).sum(0)  # (G,)
-                best = self.grid[int(totals.argmax())]
-                if self.aggregate == "max":
-                    out[method] = float(totals.max() / length)
+                per_token[method] = log_ratio(log_probs, tokens, self.grid, epsilon=self.epsilon).cumsum(0)  # (T, G)
+        out: dict[int, dict[str, float]] = {}
+        best = None
+        for n in lengths:
+            values: dict[str, float] = {}
+            for method, cumulative in per_token.items():
+                total = cumulative[n - 1]
+                if method == "fast_detectgpt":
+                    values[method] = float(total[0] / total[1].clamp_min(1e-12).sqrt())
+                elif method == "distortion":
+                    if n == lengths[-1]:
+                        best = self.grid[int(total.argmax())]
+                    if self.aggregate == "max":
+                        values[method] = float(total.max() / n)
+                    else:
+                        values[method] = float((torch.logsumexp(total, 0) - math.log(len(self.grid))) / n)
                 else:
-                    out[method] = float((torch.logsumexp(totals, 0) - math.log(len(self.grid))) / length)
+                    values[method] = float(total / n)
+            out[n] = values
         return out, best

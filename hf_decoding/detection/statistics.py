@@ -187,7 +187,9 @@ def log_ratio(
 
     def count_at_least(threshold: torch.Tensor) -> torch.Tensor:
         """Number of tokens with log p >= threshold, shape (N,)."""
-        below = torch.searchsorted(ascending, threshold[:, None].to(ascending.dtype).contiguous(), right=False).squeeze(-1)
+        below = torch.searchsorted(ascending, threshold[:, None].to(ascending.dtype).contiguous(), right=False).squeeze(
+            -1
+        )
         return vocab - below
 
     out = torch.empty(n, len(settings), dtype=torch.float64)
