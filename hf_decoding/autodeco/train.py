@@ -6,7 +6,7 @@ model = AutoDecoModelForCausalLM.from_base(base, init_temperature=1.0, init_top_
 result = train_heads(model, "train.jsonl", tokenizer, AutoDecoTrainingConfig(output_dir="heads", max_steps=300))
 ```
 
-Multi-GPU and mixed precision come from `accelerate`: `accelerate launch -m hf_decoding.cli autodeco train ...`
+Multi-GPU and mixed precision come from `accelerate`: `accelerate launch -m hf_decoding autodeco train ...`
 (or `accelerate launch your_script.py`) runs data-parallel with the heads (and LoRA) in DDP; `mixed_precision="bf16"`
 runs the base and the losses under autocast.
 

@@ -7,7 +7,7 @@ hf-decoding autodeco eval --heads heads --num-problems 48 --seeds 0 1 2 --output
 hf-decoding autodeco export-custom-generate --heads heads --output hub-folder --repo-id me/autodeco-smollm2
 ```
 
-Multi-GPU training: `accelerate launch -m hf_decoding.cli.autodeco train ...` (this module also runs as a script).
+Multi-GPU training: `accelerate launch -m hf_decoding autodeco train ...`.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def add_parser(subparsers: Any) -> None:
     evaluate = actions.add_parser(
         "eval",
         help="Compare AutoDeco with greedy, static and oracle settings.",
-        description="Runs the protocol of docs/results/autodeco.md.",
+        description="Runs the protocol of docs/results/autodeco_smollm2.md.",
     )
     common(evaluate)
     task_args(evaluate, 48, 12345)
