@@ -104,6 +104,11 @@ def enable(model: Any) -> Any:
     if getattr(model, _ENABLED_FLAG, False):
         return model
     if not hasattr(model, "generate"):
+        from .decoders.masked_diffusion import attach_masked_diffusion_generate, supports_masked_diffusion
+
+        if supports_masked_diffusion(model):  # a masked LM (BertForMaskedLM, ...): decoding="masked_diffusion" only
+            attach_masked_diffusion_generate(model)
+    if not hasattr(model, "generate"):
         raise invalid_argument(
             "model", type(model).__name__, "a model with a `generate` method (a causal LM with GenerationMixin)"
         )

@@ -365,10 +365,6 @@ def test_enable_dispatch_and_other_decodings_need_a_causal_lm(prompts):
         model.generate(**prompts, custom_generate=functools.partial(hfd.decoders.sample))
 
 
-@pytest.mark.xfail(
-    strict=True, raises=InvalidDecodingArgument,
-    reason="hf_decoding.enable does not yet call attach_masked_diffusion_generate for masked LMs without generate",
-)
 def test_enable_alone_gives_masked_lms_a_generate(prompts):
     model = hfd.enable(build_tiny_bert())
     out = model.generate(**prompts, decoding="masked_diffusion", gen_length=4)
