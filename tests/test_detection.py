@@ -108,6 +108,9 @@ def test_log_ratio_matches_transformers_warpers(setting: SamplerSetting, seed: i
     log_probs, _ = token_log_probs(logits, tokens)
     ours = log_ratio(log_probs, tokens, [setting])[:, 0]
     expected = hf_log_ratio(logits, tokens, setting)
+    small_top = log_ratio(log_probs, tokens, [setting], top_size=6)[:, 0]  # the fallback on many rows
+    assert torch.equal(torch.isinf(small_top), torch.isinf(ours))
+    assert torch.allclose(small_top[torch.isfinite(ours)], ours[torch.isfinite(ours)], atol=1e-12)
     assert torch.equal(torch.isinf(ours), torch.isinf(expected))
     finite = torch.isfinite(expected)
     assert torch.allclose(ours[finite], expected[finite], atol=1e-5, rtol=0)
@@ -122,7 +125,8 @@ def test_log_ratio_chunking_and_epsilon() -> None:
     log_probs, _ = token_log_probs(logits, tokens)
     settings = [SamplerSetting(0.7, top_k=5), SamplerSetting(top_p=0.5)]
     whole = log_ratio(log_probs, tokens, settings)
-    assert torch.equal(log_ratio(log_probs, tokens, settings, chunk_size=16), whole)
+    for top_size in (1, 3, 8):  # the top-K path with its full-sort fallback gives the same values
+        assert torch.allclose(log_ratio(log_probs, tokens, settings, top_size=top_size), whole, atol=1e-12)
     eps = 0.01
     mixed = log_ratio(log_probs, tokens, settings, epsilon=eps)
     assert torch.allclose(mixed, torch.log((1 - eps) * whole.exp() + eps))

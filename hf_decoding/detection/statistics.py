@@ -144,7 +144,7 @@ def log_ratio(
     settings: Sequence[SamplerSetting],
     *,
     epsilon: float = 0.0,
-    chunk_size: int = 256,
+    top_size: int = 1024,
 ) -> torch.Tensor:
     r"""Per-token log-likelihood ratio `log q_theta(w_t | c_t) - log p(w_t | c_t)` for each setting `theta`.
 
@@ -153,73 +153,95 @@ def log_ratio(
     leaves the kept set now and then, e.g. after re-tokenization, is not ruled out), and the ratio becomes
     `log((1 - epsilon) q_theta / p + epsilon)`.
 
+    Kept sets are found among the `top_size` most likely tokens (one `topk` instead of a full sort); positions whose
+    kept set may extend beyond them are recomputed with a full sort, so the result is exact either way.
+
     Args:
         log_probs (`torch.FloatTensor` of shape `(N, V)`): log-softmax of the raw logits.
         tokens (`torch.LongTensor` of shape `(N,)`): observed tokens.
         settings (sequence of [`SamplerSetting`]): the grid.
         epsilon (`float`, *optional*, defaults to 0): mixture weight of the unwarped model, in `[0, 1)`.
-        chunk_size (`int`, *optional*, defaults to 256): positions processed at once (bounds float64 `(N, V)` memory).
+        top_size (`int`, *optional*, defaults to 1024): tokens examined before the full-sort fallback.
 
     Returns:
         `torch.DoubleTensor` of shape `(N, len(settings))`.
     """
     if not 0 <= epsilon < 1:
         raise invalid_argument("epsilon", epsilon, "a number in [0, 1)")
-    n, vocab = log_probs.shape
-    if n > chunk_size:
-        return torch.cat(
-            [
-                log_ratio(
-                    log_probs[i : i + chunk_size],
-                    tokens[i : i + chunk_size],
-                    settings,
-                    epsilon=epsilon,
-                    chunk_size=chunk_size,
-                )
-                for i in range(0, n, chunk_size)
-            ]
-        )
-    sorted_lp = torch.sort(log_probs, dim=-1, descending=True).values  # (N, V)
-    ascending = sorted_lp.flip(-1).contiguous()  # (N, V), for searchsorted
+    vocab = log_probs.shape[-1]
     observed = log_probs.gather(-1, tokens[:, None]).squeeze(-1)  # (N,)
     # 0-based position of the observed token in the descending order (ties: its first position).
     position = (log_probs > observed[:, None]).sum(-1)  # (N,)
+    taus = sorted({float(s.temperature) for s in settings})
+    # log sum_v p(v)^(1/tau) over the whole vocabulary, per temperature: (N, num_taus).
+    lse = torch.stack([torch.logsumexp(log_probs / tau, -1).double() for tau in taus], -1)
+    size = min(vocab, max(1, int(top_size)))
+    top = torch.topk(log_probs, size, dim=-1).values  # (N, K), descending
+    out, saturated = _log_ratio_sorted(top, vocab, observed, position, lse, taus, settings)
+    if bool(saturated.any()):
+        rows = saturated.nonzero().squeeze(-1)
+        full = torch.sort(log_probs[rows], dim=-1, descending=True).values  # (R, V)
+        out[rows], _ = _log_ratio_sorted(full, vocab, observed[rows], position[rows], lse[rows], taus, settings)
+    if epsilon > 0:
+        out = torch.logaddexp(out + math.log1p(-epsilon), torch.full_like(out, math.log(epsilon)))
+    return out
+
+
+def _log_ratio_sorted(
+    sorted_lp: torch.Tensor,
+    vocab: int,
+    observed: torch.Tensor,
+    position: torch.Tensor,
+    lse: torch.Tensor,
+    taus: list[float],
+    settings: Sequence[SamplerSetting],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[`log_ratio`] from the `K` largest log-probabilities (descending); also says which rows need more than `K`."""
+    n, size = sorted_lp.shape
+    partial = size < vocab
+    ascending = sorted_lp.flip(-1).contiguous()  # (N, K), for searchsorted
+    saturated = torch.zeros(n, dtype=torch.bool)
+    full = torch.full((n,), vocab, dtype=torch.long)
 
     def count_at_least(threshold: torch.Tensor) -> torch.Tensor:
-        """Number of tokens with log p >= threshold, shape (N,)."""
-        below = torch.searchsorted(ascending, threshold[:, None].to(ascending.dtype).contiguous(), right=False).squeeze(
-            -1
-        )
-        return vocab - below
+        """Number of tokens with log p >= threshold (`size` may mean 'size or more'), shape (N,)."""
+        query = threshold[:, None].to(ascending.dtype).contiguous()
+        return size - torch.searchsorted(ascending, query, right=False).squeeze(-1)
 
     out = torch.empty(n, len(settings), dtype=torch.float64)
-    by_tau: dict[float, list[int]] = {}
-    for index, setting in enumerate(settings):
-        by_tau.setdefault(float(setting.temperature), []).append(index)
-    for tau, indices in by_tau.items():
-        scaled = sorted_lp.double() / tau  # (N, V)
-        log_cum = torch.logcumsumexp(scaled, dim=-1)  # (N, V): log of the tempered mass of the top-j tokens
+    for t, tau in enumerate(taus):
+        log_cum = torch.logcumsumexp(sorted_lp.double() / tau, dim=-1)  # (N, K): log tempered mass of the top j
+        total = lse[:, t]  # (N,)
         # Exclusive cumulative mass: log of the tempered mass of the tokens strictly before position j.
         exclusive = torch.cat([torch.full((n, 1), -math.inf, dtype=torch.float64), log_cum[:, :-1]], dim=-1)
-        for index in indices:
-            setting = settings[index]
-            kept = torch.full((n,), vocab, dtype=torch.long)
-            if setting.top_k:
-                k = min(int(setting.top_k), vocab)
-                kept = torch.minimum(kept, count_at_least(sorted_lp[:, k - 1]))
+
+        def log_mass(kept: torch.Tensor, log_cum: torch.Tensor = log_cum, total: torch.Tensor = total) -> torch.Tensor:
+            """log of the tempered mass of the `kept` most likely tokens, (N,)."""
+            inside = log_cum.gather(-1, (kept.clamp(max=size) - 1)[:, None]).squeeze(-1)
+            return torch.where(kept >= vocab, total, inside)
+
+        for index, setting in enumerate(settings):
+            if float(setting.temperature) != tau:
+                continue
+            kept = full.clone()
+            if setting.top_k and setting.top_k < vocab:
+                if setting.top_k > size:
+                    saturated |= True
+                else:
+                    count = count_at_least(sorted_lp[:, setting.top_k - 1])
+                    saturated |= partial & (count >= size)
+                    kept = torch.minimum(kept, count)
             if setting.top_p is not None and setting.top_p < 1:
                 # Exclusive cumulative mass, renormalized over the tokens kept so far, must stay below p.
-                mass_kept = log_cum.gather(-1, (kept - 1)[:, None])  # (N, 1)
-                limit = mass_kept + math.log(setting.top_p)  # (N, 1)
-                n_p = torch.searchsorted(exclusive, limit, right=False).squeeze(-1)  # count(exclusive < limit)
-                kept = torch.minimum(kept, n_p.clamp_min(1))
+                limit = (log_mass(kept) + math.log(setting.top_p))[:, None]  # (N, 1)
+                count = torch.searchsorted(exclusive, limit, right=False).squeeze(-1)  # count(exclusive < limit)
+                saturated |= partial & (count >= size)
+                kept = torch.minimum(kept, count.clamp_min(1))
             if setting.min_p:
                 threshold = sorted_lp[:, 0].double() + tau * math.log(setting.min_p)
-                kept = torch.minimum(kept, count_at_least(threshold.float()).clamp_min(1))
-            log_z = log_cum.gather(-1, (kept - 1)[:, None]).squeeze(-1)  # (N,)
-            ratio = (1.0 / tau - 1.0) * observed.double() - log_z  # (N,)
-            ratio = torch.where(position < kept, ratio, torch.full_like(ratio, -math.inf))
-            if epsilon > 0:
-                ratio = torch.logaddexp(ratio + math.log1p(-epsilon), torch.full_like(ratio, math.log(epsilon)))
-            out[:, index] = ratio
-    return out
+                count = count_at_least(threshold.float()).clamp_min(1)
+                saturated |= partial & (count >= size)
+                kept = torch.minimum(kept, count)
+            ratio = (1.0 / tau - 1.0) * observed.double() - log_mass(kept)  # (N,)
+            out[:, index] = torch.where(position < kept, ratio, torch.full_like(ratio, -math.inf))
+    return out, saturated
