@@ -6,6 +6,7 @@ from .beam_search_prm import beam_search_prm
 from .best_of_n import best_of_n
 from .distortion_aware_nucleus import distortion_aware_nucleus
 from .dvts import dvts
+from .globally_normalized import globally_normalized
 from .masked_diffusion import masked_diffusion
 from .parallel_tempering import parallel_tempering
 from .particle_filter import particle_filter
@@ -26,6 +27,7 @@ register_decoder("self_consistency", self_consistency, overwrite=True)
 register_decoder("beam_search_prm", beam_search_prm, overwrite=True)
 register_decoder("dvts", dvts, overwrite=True)
 register_decoder("masked_diffusion", masked_diffusion, overwrite=True)
+register_decoder("globally_normalized", globally_normalized, overwrite=True)
 
 __all__ = [
     "autodeco",
@@ -33,6 +35,7 @@ __all__ = [
     "best_of_n",
     "distortion_aware_nucleus",
     "dvts",
+    "globally_normalized",
     "masked_diffusion",
     "parallel_tempering",
     "particle_filter",

@@ -1,0 +1,170 @@
+r"""`decoding="globally_normalized"`: sample the globally normalized counterpart of a warper chain by SMC.
+
+A temperature/truncation chain normalized token by token samples
+`q^L(w) = prod_t p(w_t | c_t)^(1/tau) 1[w_t in S_t] / Z_t`, which is the global measure
+`q^G(w) ∝ prod_t p(w_t | c_t)^(1/tau) 1[w_t in S_t]` (the model raised to `1/tau`, restricted to sequences whose every
+token is in the kept set) reweighted by the path-dependent distortion `prod_t 1 / Z_t` (Kempton & Burrell,
+arXiv 2503.21929). Sequential Monte Carlo with `q^L` as proposal corrects this: the incremental importance weight of
+step `t` is the local normalizer `Z_t = exp(-d_t)`, which depends on the prefix only, so particles are resampled
+(when the effective sample size falls below `ess_threshold * N`) *before* each token is drawn.
+
+Each input row runs `num_particles` particles; the returned sequence of the row is one particle drawn from the final
+weights (so a batch of identical prompts gives independent draws whose law tends to `q^G` as `num_particles`
+grows). `out.particles` holds every particle, its final log-weight, the ESS per step, the ancestors and the SMC
+estimate of `log sum_w prod_t p^(1/tau) 1[w_t in S_t]` (for truncation alone: `log p(A)`, the model's probability
+of staying in the kept sets), whose exponential is unbiased. The warpers are the ones `generate` builds from the
+config (`temperature`, `top_k`, `top_p`, `min_p`, ...), exactly as `decoding="sample"` applies them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+from ..errors import invalid_argument
+from ..generation.loop import decode_step, make_generator, option, prefill, reorder_rows, select_tokens
+from ..generation.outputs import DecodingCost, DecodingOutput, DistortionTrace, ParticleTrace
+from ..generation.processing import ProcessorChain
+from ..smc.resampling import RESAMPLING_SCHEMES, resample
+from ..smc.state import flat_ancestors
+from ..smc.weights import add_log_increments, ess, log_evidence, reset_after_resampling
+
+__all__ = ["GLOBALLY_NORMALIZED_DEFAULTS", "globally_normalized"]
+
+GLOBALLY_NORMALIZED_DEFAULTS: dict[str, Any] = {"num_particles": 8, "resampling": "systematic", "ess_threshold": 0.5}
+
+
+def _check(num_particles: Any, resampling: Any, ess_threshold: Any) -> None:
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+        raise invalid_argument("num_particles", num_particles, "a positive integer")
+    if resampling not in RESAMPLING_SCHEMES:
+        raise invalid_argument("resampling", resampling, "one of " + ", ".join(repr(s) for s in RESAMPLING_SCHEMES))
+    if isinstance(ess_threshold, bool) or not isinstance(ess_threshold, (int, float)) or not 0 <= ess_threshold <= 1:
+        raise invalid_argument("ess_threshold", ess_threshold, "a number in [0, 1] (1: resample before every token)")
+
+
+@torch.no_grad()
+def globally_normalized(
+    model: Any,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    num_particles: int | None = None,
+    resampling: str | None = None,
+    ess_threshold: float | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    streamer: Any | None = None,
+    **model_kwargs: Any,
+) -> torch.LongTensor | DecodingOutput:
+    r"""SMC sampling from the globally normalized version of the configured warpers (a `custom_generate` callable).
+
+    Args:
+        num_particles (`int`, *optional*, defaults to 8): particles per input row.
+        resampling (`str`, *optional*, defaults to `"systematic"`): one of `hf_decoding.smc.RESAMPLING_SCHEMES`.
+        ess_threshold (`float`, *optional*, defaults to 0.5): resample a row's particles before a token when their
+            ESS is below `ess_threshold * num_particles` (1: before every token, 0: never, i.e. importance sampling).
+        seed (`int`, *optional*): seeds a private `torch.Generator` for sampling, resampling and the final draw.
+        generator (`torch.Generator`, *optional*): draw from this generator instead.
+
+    Returns:
+        `(B, L + new)` tokens, or a [`DecodingOutput`] with `particles`, `distortion` (of the returned particle's
+        path) and `cost` when `return_dict_in_generate=True`.
+    """
+    started = time.perf_counter()
+    defaults = GLOBALLY_NORMALIZED_DEFAULTS
+    num_particles = option(generation_config, "num_particles", num_particles, defaults["num_particles"])
+    resampling = option(generation_config, "resampling", resampling, defaults["resampling"])
+    ess_threshold = option(generation_config, "ess_threshold", ess_threshold, defaults["ess_threshold"])
+    _check(num_particles, resampling, ess_threshold)
+    if not generation_config.do_sample:
+        raise invalid_argument(
+            "do_sample", False, "True for decoding='globally_normalized'", "Pass do_sample=True (it samples)."
+        )
+    device = input_ids.device
+    generator = make_generator(option(generation_config, "seed", seed, None), generator, device)
+    chain = ProcessorChain(logits_processor)
+    batch, n = input_ids.shape[0], num_particles
+    pad_token_id = generation_config._pad_token_tensor
+    pad_token_id = pad_token_id.to(device) if pad_token_id is not None else torch.zeros((), dtype=torch.long)
+    has_eos = any(hasattr(criterion, "eos_token_id") for criterion in stopping_criteria)
+
+    # One prefill per prompt, then B*N rows: slot b * N + i is particle i of prompt b.
+    outputs, model_kwargs = prefill(model, input_ids, generation_config, model_kwargs)
+    logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)  # (B, V)
+    del outputs
+    fan_out = torch.arange(batch, device=device).repeat_interleave(n)  # (B*N,)
+    model_kwargs = reorder_rows(model_kwargs, fan_out)
+    logits = logits.index_select(0, fan_out)
+    ids = input_ids.index_select(0, fan_out)  # (B*N, L)
+
+    log_weights = torch.zeros(batch, n, dtype=torch.float64, device=device)
+    unfinished = torch.ones(batch * n, dtype=torch.bool, device=device)
+    distortion = torch.zeros(batch * n, 0, device=device)  # (B*N, steps) along each particle's path
+    ess_trace, ancestor_trace = [], []
+    identity = torch.arange(n, device=device).expand(batch, n)
+    forward_passes, generated, step = 1, 0, 0
+    while True:
+        scores, step_distortion = chain(ids, logits, step)  # (B*N, V), (B*N,)
+        step_distortion = torch.where(unfinished, step_distortion, 0.0)
+        # Incremental weight Z_t = exp(-d_t): known before the token is drawn.
+        log_weights = add_log_increments(log_weights, -step_distortion.double().view(batch, n))
+        ess_trace.append(ess(log_weights))
+        resampled = ess(log_weights) < ess_threshold * n if ess_threshold < 1 else torch.ones(batch, dtype=torch.bool)
+        ancestors = identity
+        if bool(resampled.any()):
+            drawn = resample(resampling, log_weights, generator=generator)  # (B, N)
+            ancestors = torch.where(resampled[:, None].to(device), drawn, identity)
+            log_weights = reset_after_resampling(log_weights, resampled.to(device))
+            index = flat_ancestors(ancestors)  # (B*N,)
+            model_kwargs = reorder_rows(model_kwargs, index)
+            ids, scores, unfinished = ids[index], scores[index], unfinished[index]
+            step_distortion, distortion = step_distortion[index], distortion[index]
+        ancestor_trace.append(ancestors)
+        tokens = select_tokens(scores, True, generator)  # (B*N,)
+        if has_eos:
+            tokens = torch.where(unfinished, tokens, pad_token_id)
+        generated += int(unfinished.sum())
+        distortion = torch.cat([distortion, step_distortion[:, None]], dim=-1)
+        ids = torch.cat([ids, tokens[:, None]], dim=-1)
+        if streamer is not None:
+            streamer.put(tokens.cpu())
+        unfinished = unfinished & ~stopping_criteria(ids, None)
+        step += 1
+        if not bool(unfinished.any()):
+            break
+        outputs, model_kwargs = decode_step(model, ids, model_kwargs)
+        logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
+        del outputs
+        forward_passes += 1
+    if streamer is not None:
+        streamer.end()
+
+    # One particle per row, drawn from the final weights.
+    selected = resample("multinomial", log_weights, generator=generator, num_samples=1)[:, 0]  # (B,)
+    rows = torch.arange(batch, device=device) * n + selected
+    sequences = ids[rows]
+    if not generation_config.return_dict_in_generate:
+        return sequences
+    per_step = distortion[rows]
+    return DecodingOutput(
+        sequences=sequences,
+        distortion=DistortionTrace(per_step=per_step, total=per_step.sum(-1)),
+        particles=ParticleTrace(
+            sequences=ids.view(batch, n, -1),
+            log_weights=log_weights,
+            ess=torch.stack(ess_trace, dim=-1),
+            ancestors=torch.stack(ancestor_trace, dim=1),
+            selected=selected,
+            log_normalizer=log_evidence(log_weights),
+        ),
+        cost=DecodingCost(
+            forward_passes=forward_passes,
+            generated_tokens=generated,
+            seconds={"total": time.perf_counter() - started},
+        ),
+    )
