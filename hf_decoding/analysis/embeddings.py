@@ -1733,7 +1733,9 @@ def plot_pruning_curves(
     for label, curve in curves.items():
         xs = [p.fraction for p in curve.points]
         name = split if split in curve.points[0].metrics else next(iter(curve.points[0].metrics))
-        axes[0].plot(xs, [max(p.metrics[name]["js"], 1e-9) for p in curve.points], marker="o", label=label)
+        removed = [p for p in curve.points if p.num_removed > 0]  # JS is 0 with nothing removed: off a log axis
+        axes[0].plot([p.fraction for p in removed], [max(p.metrics[name]["js"], 1e-12) for p in removed], marker="o",
+                     label=label)
         axes[1].plot(xs, [p.metrics[name]["top1"] for p in curve.points], marker="o", label=label)
         if curve.points[0].greedy_agreement is not None:
             axes[2].plot(xs, [p.greedy_agreement for p in curve.points], marker="o", label=label)
