@@ -407,3 +407,21 @@ def test_cli_detect_errors(tiny_dir, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main(["detect", "--help"])
     assert info.value.code == 0
+
+
+@pytest.mark.real
+def test_smollm2_scores_finite_and_batch_invariant(smollm2) -> None:
+    model, tokenizer = smollm2
+    texts = [
+        "The quick brown fox jumps over the lazy dog while the farmer watches.",
+        "In 1905 Einstein published four papers that changed physics for ever.",
+        "I told my friend that the soup was cold, and she laughed.",
+    ]
+    detector = Detector(model, tokenizer, batch_size=3, progress=False)
+    together = detector.score_methods(texts)
+    alone = Detector(model, tokenizer, batch_size=1, progress=False).score_methods(texts)
+    for method in METHODS:
+        assert bool(torch.isfinite(together[method]).all()), method
+        assert torch.allclose(together[method], alone[method], atol=1e-3), method
+    with pytest.raises(TokenizerMismatchError):
+        detector.score_ids([[model.config.vocab_size + 5] * 5])

@@ -133,3 +133,25 @@ def test_eos_and_bad_arguments(fresh_tiny_model, prompt) -> None:
     ):
         with pytest.raises(InvalidDecodingArgument, match=name):
             model.generate(**prompt, decoding="globally_normalized", max_new_tokens=2, **({"do_sample": True} | kwargs))
+
+
+@pytest.mark.real
+def test_smollm2_globally_normalized_top_p(smollm2) -> None:
+    model, tokenizer = smollm2
+    hf_decoding.enable(model)
+    inputs = tokenizer(["The capital of France is", "Once upon a time"], return_tensors="pt", padding=True)
+    out = model.generate(
+        **inputs,
+        decoding="globally_normalized",
+        do_sample=True,
+        top_p=0.9,
+        top_k=0,
+        num_particles=3,
+        max_new_tokens=5,
+        seed=0,
+        return_dict_in_generate=True,
+    )
+    assert out.particles.sequences.shape[:2] == (2, 3)
+    log_z = out.particles.log_normalizer
+    assert bool(torch.isfinite(log_z).all()) and bool((log_z <= 1e-5).all())  # estimates log p(A) <= 0
+    assert bool((out.distortion.per_step >= 0).all())
