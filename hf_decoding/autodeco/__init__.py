@@ -7,7 +7,7 @@
 - `data.py`: prompt/completion JSONL and rejection-sampled data from offline task generators.
 - `control.py`: natural-language control (ranking loss) and its consistency measurement.
 - `hub.py`: model card and the `custom_generate/` export.
-- `eval.py`: the evaluation protocol of `docs/results/autodeco_smollm2.md`.
+- `eval.py`: the evaluation protocol of `docs/results/autodeco.md`.
 """
 
 from .config import AutoDecoConfig

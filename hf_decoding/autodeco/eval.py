@@ -1,4 +1,4 @@
-r"""The AutoDeco evaluation protocol of `docs/results/autodeco_smollm2.md` (`hf-decoding autodeco eval`).
+r"""The AutoDeco evaluation protocol of `docs/results/autodeco.md` (`hf-decoding autodeco eval`).
 
 On held-out problems of an offline task, compare:
 

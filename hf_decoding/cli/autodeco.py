@@ -119,7 +119,7 @@ def add_parser(subparsers: Any) -> None:
     evaluate = actions.add_parser(
         "eval",
         help="Compare AutoDeco with greedy, static and oracle settings.",
-        description="Runs the protocol of docs/results/autodeco_smollm2.md.",
+        description="Runs the protocol of docs/results/autodeco.md.",
     )
     common(evaluate)
     task_args(evaluate, 48, 12345)
