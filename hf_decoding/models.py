@@ -404,10 +404,13 @@ def _ensure_cache(spec: _OfflineModel, root: pathlib.Path) -> pathlib.Path:
 
 
 def _build_cache(spec: _OfflineModel, source: _Source, target: pathlib.Path) -> None:
-    if importlib.util.find_spec("gguf") is None:
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        packages = " and ".join(f"`{name}`" for name in missing)
         raise MissingModelError(
-            f"Converting the offline model {spec.name!r} the first time needs the `gguf` package. Install it with:\n"
-            f"{_GGUF_INSTALL}\n(or `pip install gguf`); later loads use the cache in {target} and do not need it."
+            f"Converting the offline model {spec.name!r} the first time needs {packages} (transformers reads GGUF "
+            f"files with both). Install them with:\n{_GGUF_INSTALL}\n(or `pip install {' '.join(missing)}`); later "
+            f"loads use the cache in {target} and do not need them."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     # Not `tempfile.mkdtemp`: its 0o700 mode would make a shared `HF_DECODING_CACHE` unreadable to other users.

