@@ -155,15 +155,8 @@ def test_pass_at_k() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    from hf_decoding.models import model_cache_dir
-
-    source = model_cache_dir("smollm2")
-    if not (source / "tokenizer.json").is_file():
-        pytest.skip("needs the SmolLM2 tokenizer cache")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(source)
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, smollm2) -> pathlib.Path:
+    tokenizer = smollm2[1]  # a real tokenizer (SmolLM2's) on a tiny random model
     directory = tmp_path_factory.mktemp("tiny")
     model = build_tiny_llama(vocab_size=len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -183,6 +176,7 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.real
 def test_cli_workflow(
     tiny_dir: pathlib.Path,
     tmp_path: pathlib.Path,

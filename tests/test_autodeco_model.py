@@ -216,15 +216,11 @@ def test_forward_returns_predictions_for_kept_positions(model, prompt) -> None:
     assert out.logits.shape == (3, 1, 64) and out.temperature.shape == (3, 1)
 
 
-def test_pipeline_text_generation(base, tmp_path: pathlib.Path) -> None:
-    from hf_decoding.models import model_cache_dir
+@pytest.mark.real
+def test_pipeline_text_generation(base, tmp_path: pathlib.Path, smollm2) -> None:
+    from transformers import pipeline
 
-    tokenizer_dir = model_cache_dir("smollm2")
-    if not (tokenizer_dir / "tokenizer.json").is_file():
-        pytest.skip("needs the SmolLM2 tokenizer cache")
-    from transformers import AutoTokenizer, pipeline
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = smollm2[1]  # a real tokenizer (SmolLM2's) on a tiny random model
     tiny = build_tiny_llama(vocab_size=len(tokenizer))
     model = AutoDecoModelForCausalLM.from_base(tiny)
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
