@@ -92,7 +92,7 @@ def main() -> None:
         row["tv_local"] = [
             tv(model.generate(decoding="sample", seed=s, **common).sequences[:, 3:]) for s in range(args.seeds)
         ]
-        row["tv_smc"], row["z_rel_error"] = {}, {}
+        row["tv_smc"], row["z_rel_error"], row["tv_imh"] = {}, {}, {}
         for n in args.particles:
             tvs, errors = [], []
             for s in range(args.seeds):
@@ -100,6 +100,14 @@ def main() -> None:
                 tvs.append(tv(out.sequences[:, 3:]))
                 errors.append(float(out.particles.log_normalizer.double().exp().mean()) / normalizer - 1)
             row["tv_smc"][n], row["z_rel_error"][n] = tvs, errors
+            row["tv_imh"][n] = [
+                tv(
+                    model.generate(
+                        decoding="globally_normalized", global_sampler="imh", num_particles=n, seed=s, **common
+                    ).sequences[:, 3:]
+                )
+                for s in range(args.seeds)
+            ]
         results.append(row)
         print(
             f"tau={temperature} top_k={top_k}: support {row['support']}, exact TV(q^L, q^G) "
@@ -109,6 +117,7 @@ def main() -> None:
         for n in args.particles:
             print(
                 f"  N={n:3d}  TV {sum(row['tv_smc'][n]) / args.seeds:.4f}  "
+                f"IMH TV {sum(row['tv_imh'][n]) / args.seeds:.4f}  "
                 f"Z rel. error {sum(row['z_rel_error'][n]) / args.seeds:+.4f}"
             )
     if args.out:

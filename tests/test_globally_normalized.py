@@ -85,6 +85,26 @@ def test_smc_converges_to_the_global_measure(toy, temperature, top_k) -> None:
     assert tv[16] < tv_local
 
 
+def test_independent_metropolis_hastings_converges(toy) -> None:
+    _, q_global, q_local, _ = exact(toy, 0.5, 2)
+    exact_gap = 0.5 * float((q_local - q_global).abs().sum())
+    out = draw(toy, 4000, "globally_normalized", num_particles=16, global_sampler="imh", temperature=0.5, top_k=2)
+    assert total_variation(out.sequences[:, PROMPT.shape[1] :], q_global) < 0.5 * exact_gap
+    assert torch.equal(out.particles.ancestors, torch.arange(16).expand(4000, STEPS, 16))  # never resampled
+    with pytest.raises(InvalidDecodingArgument, match="global_sampler"):
+        draw(toy, 2, "globally_normalized", global_sampler="rejection")
+
+
+def test_imh_chain_rules() -> None:
+    from hf_decoding.decoders.globally_normalized import _independent_metropolis_hastings
+
+    inf = float("inf")
+    weights = torch.tensor([[-inf, -inf, 0.0], [0.0, -inf, -inf], [0.0, 50.0, -inf], [0.0, -50.0, -60.0]])
+    state = _independent_metropolis_hastings(weights.double(), torch.Generator().manual_seed(0))
+    assert state.tolist()[:3] == [2, 0, 1]  # dead states are left, dead proposals never taken, better always taken
+    assert state[3].item() in (0, 1, 2)
+
+
 def test_outputs_and_weights(toy) -> None:
     out = draw(toy, 3, "globally_normalized", num_particles=5, top_k=2, ess_threshold=1.0)
     particles = out.particles

@@ -32,12 +32,22 @@ from ..smc.resampling import RESAMPLING_SCHEMES, resample
 from ..smc.state import flat_ancestors
 from ..smc.weights import add_log_increments, ess, log_evidence, reset_after_resampling
 
-__all__ = ["GLOBALLY_NORMALIZED_DEFAULTS", "globally_normalized"]
+__all__ = ["GLOBALLY_NORMALIZED_DEFAULTS", "GLOBAL_SAMPLERS", "globally_normalized"]
 
-GLOBALLY_NORMALIZED_DEFAULTS: dict[str, Any] = {"num_particles": 8, "resampling": "systematic", "ess_threshold": 0.5}
+GLOBALLY_NORMALIZED_DEFAULTS: dict[str, Any] = {
+    "num_particles": 8,
+    "resampling": "systematic",
+    "ess_threshold": 0.5,
+    "global_sampler": "smc",
+}
+
+#: Values of `global_sampler`.
+GLOBAL_SAMPLERS: tuple[str, ...] = ("smc", "imh")
 
 
-def _check(num_particles: Any, resampling: Any, ess_threshold: Any) -> None:
+def _check(num_particles: Any, resampling: Any, ess_threshold: Any, global_sampler: Any) -> None:
+    if global_sampler not in GLOBAL_SAMPLERS:
+        raise invalid_argument("global_sampler", global_sampler, "'smc' or 'imh'")
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
         raise invalid_argument("num_particles", num_particles, "a positive integer")
     if resampling not in RESAMPLING_SCHEMES:
@@ -56,6 +66,7 @@ def globally_normalized(
     num_particles: int | None = None,
     resampling: str | None = None,
     ess_threshold: float | None = None,
+    global_sampler: str | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     streamer: Any | None = None,
@@ -68,6 +79,11 @@ def globally_normalized(
         resampling (`str`, *optional*, defaults to `"systematic"`): one of `hf_decoding.smc.RESAMPLING_SCHEMES`.
         ess_threshold (`float`, *optional*, defaults to 0.5): resample a row's particles before a token when their
             ESS is below `ess_threshold * num_particles` (1: before every token, 0: never, i.e. importance sampling).
+        global_sampler (`str`, *optional*, defaults to `"smc"`): `"smc"` as above, or `"imh"`: independent
+            Metropolis-Hastings with local decoding as proposal (Gareev et al., 2024): the `num_particles` sequences
+            are drawn independently (no resampling) and visited in order, sequence `i` replacing the current state
+            with probability `min(1, prod Z(w_i) / prod Z(w_current))`; the last state is returned and
+            `out.particles.selected` names it.
         seed (`int`, *optional*): seeds a private `torch.Generator` for sampling, resampling and the final draw.
         generator (`torch.Generator`, *optional*): draw from this generator instead.
 
@@ -80,7 +96,10 @@ def globally_normalized(
     num_particles = option(generation_config, "num_particles", num_particles, defaults["num_particles"])
     resampling = option(generation_config, "resampling", resampling, defaults["resampling"])
     ess_threshold = option(generation_config, "ess_threshold", ess_threshold, defaults["ess_threshold"])
-    _check(num_particles, resampling, ess_threshold)
+    global_sampler = option(generation_config, "global_sampler", global_sampler, defaults["global_sampler"])
+    _check(num_particles, resampling, ess_threshold, global_sampler)
+    if global_sampler == "imh":
+        ess_threshold = 0.0  # independent proposals: never resample
     if not generation_config.do_sample:
         raise invalid_argument(
             "do_sample", False, "True for decoding='globally_normalized'", "Pass do_sample=True (it samples)."
@@ -145,7 +164,10 @@ def globally_normalized(
         streamer.end()
 
     # One particle per row, drawn from the final weights.
-    selected = resample("multinomial", log_weights, generator=generator, num_samples=1)[:, 0]  # (B,)
+    if global_sampler == "imh":
+        selected = _independent_metropolis_hastings(log_weights, generator)
+    else:
+        selected = resample("multinomial", log_weights, generator=generator, num_samples=1)[:, 0]  # (B,)
     rows = torch.arange(batch, device=device) * n + selected
     sequences = ids[rows]
     if not generation_config.return_dict_in_generate:
@@ -168,3 +190,17 @@ def globally_normalized(
             seconds={"total": time.perf_counter() - started},
         ),
     )
+
+
+def _independent_metropolis_hastings(log_weights: torch.Tensor, generator: torch.Generator | None) -> torch.LongTensor:
+    """Final state of an IMH chain per row over proposals `0..N-1` with importance log-weights `(B, N)`."""
+    batch, n = log_weights.shape
+    state = torch.zeros(batch, dtype=torch.long, device=log_weights.device)
+    uniforms = torch.rand(batch, n, generator=generator, device=log_weights.device, dtype=torch.float64)
+    for i in range(1, n):
+        current = log_weights.gather(1, state[:, None]).squeeze(1)  # (B,)
+        log_accept = (log_weights[:, i] - current).clamp(max=0.0)
+        # A state of weight 0 (-inf) is always left; a proposal of weight 0 is never taken.
+        accept = torch.isneginf(current) | (torch.log(uniforms[:, i]) < log_accept)
+        state = torch.where(accept & ~torch.isneginf(log_weights[:, i]), torch.full_like(state, i), state)
+    return state
