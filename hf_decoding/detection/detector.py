@@ -12,7 +12,8 @@ forward pass of the scoring model over `prefix + text` (only the text's tokens a
 | `"distortion"` | the same log-likelihood ratio for temperature *and* truncation samplers: a token outside the kept set of top-k/top-p/min-p is (almost) impossible under the sampler, a kept token gains `(1/tau - 1) log p(w_t) - log Z_theta(c_t)`; the unknown setting `theta = (tau, k, p, min_p)` is maximised (`aggregate="max"`) or marginalised with a uniform prior (`aggregate="marginal"`) over a grid |
 
 Texts are scored on their own (a start token as the only context) or after a prefix (`prefixes=`); the prefix is
-never scored. Scores do not depend on which other texts share a batch.
+never scored. Texts are right-padded, so scores do not depend on which other texts share a batch (up to float
+rounding, about 1e-6).
 
 ```python
 >>> from hf_decoding.detection import Detector
