@@ -13,7 +13,7 @@ forward pass of the scoring model over `prefix + text` (only the text's tokens a
 
 Texts are scored on their own (a start token as the only context) or after a prefix (`prefixes=`); the prefix is
 never scored. Texts are right-padded, so scores do not depend on which other texts share a batch (up to float
-rounding, about 1e-6).
+rounding).
 
 ```python
 >>> from hf_decoding.detection import Detector
