@@ -8,6 +8,7 @@ the fix.
 from __future__ import annotations
 
 __all__ = [
+    "EmptyTextError",
     "HfDecodingError",
     "HfDecodingWarning",
     "IncompatibleCheckpointError",
@@ -15,6 +16,8 @@ __all__ = [
     "InvalidLogitsError",
     "MissingModelError",
     "RewardModelError",
+    "TextTooShortError",
+    "TokenizerMismatchError",
     "UnknownDecodingError",
 ]
 
@@ -25,6 +28,18 @@ class HfDecodingError(Exception):
 
 class InvalidDecodingArgument(HfDecodingError, ValueError):
     """A decoding argument has a value outside its valid range or of the wrong type."""
+
+
+class EmptyTextError(InvalidDecodingArgument):
+    """A text to score (machine-text detection) is empty or only whitespace."""
+
+
+class TextTooShortError(InvalidDecodingArgument):
+    """A text to score has fewer tokens than the detector's `min_tokens`."""
+
+
+class TokenizerMismatchError(InvalidDecodingArgument):
+    """The tokenizer produces ids the model has no logits for (the tokenizer of another model)."""
 
 
 class InvalidLogitsError(HfDecodingError, ValueError):

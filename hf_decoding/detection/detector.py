@@ -33,7 +33,12 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidDecodingArgument, invalid_argument
+from ..errors import (
+    EmptyTextError,
+    TextTooShortError,
+    TokenizerMismatchError,
+    invalid_argument,
+)
 from .statistics import DEFAULT_GRID, SamplerSetting, fast_detectgpt_terms, log_ratio, rank, token_log_probs
 
 __all__ = [
@@ -49,18 +54,6 @@ logger = logging.getLogger(__name__)
 #: Detection methods, in the order tables list them.
 METHODS: tuple[str, ...] = ("temptest", "distortion", "fast_detectgpt", "loglik", "logrank")
 _AGGREGATES = ("max", "marginal")
-
-
-class EmptyTextError(InvalidDecodingArgument):
-    """A text to score is empty (or only whitespace)."""
-
-
-class TextTooShortError(InvalidDecodingArgument):
-    """A text has fewer tokens than the detector's `min_tokens`."""
-
-
-class TokenizerMismatchError(InvalidDecodingArgument):
-    """The tokenizer produces ids the model has no logits for (tokenizer of another model)."""
 
 
 def _check_method(method: str) -> str:
