@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from hf_decoding.eval.arithmetic import make_problems
-from hf_decoding.eval.particles import summarize
+from hf_decoding.eval.particles import combine_shards, main, summarize
 from hf_decoding.rewards import check_equations
 
 
@@ -27,3 +29,28 @@ def test_summarize_mean_and_std_over_seeds():
     (summary,) = summarize(rows)
     assert summary["accuracy_mean"] == 0.6 and round(summary["accuracy_std"], 4) == 0.1414
     assert summary["compute_per_problem"] == 12.0
+
+
+def test_combine_shards_weights_by_problem_count_and_rejects_overlap():
+    def row(acc, tokens, ranges, seed=0):
+        return {"method": "pf", "n": 32, "seed": seed, "accuracy": acc, "generated_tokens": tokens,
+                "reward_calls": 1.0, "compute": tokens + 1.0, "seconds": 2.0, "problem_ranges": ranges}
+
+    full = {"method": "pf", "n": 16, "seed": 0, "accuracy": 0.25, "generated_tokens": 5.0, "reward_calls": 1.0,
+            "compute": 6.0, "seconds": 1.0}
+    joined = combine_shards([row(0.5, 10.0, [[0, 4]]), full, row(0.0, 40.0, [[4, 12]]), row(1.0, 1.0, [[0, 4]], 1)])
+    assert full in joined and len(joined) == 3
+    (pf32,) = [r for r in joined if r["n"] == 32 and r["seed"] == 0]
+    assert pf32["accuracy"] == pytest.approx(0.5 * 4 / 12) and pf32["generated_tokens"] == pytest.approx(30.0)
+    assert pf32["problem_ranges"] == [[0, 4], [4, 12]]
+    # a joined row joins again with a further shard
+    (again,) = combine_shards([pf32, row(1.0, 0.0, [[12, 24]])])
+    assert again["accuracy"] == pytest.approx((0.5 * 4 + 12) / 24)
+    with pytest.raises(ValueError, match="overlapping"):
+        combine_shards([row(0.5, 1.0, [[0, 6]]), row(0.5, 1.0, [[4, 12]])])
+
+
+@pytest.mark.parametrize("bounds", [["6", "6"], ["-1", "4"], ["8", "13"]])
+def test_problem_range_is_validated_before_loading_a_model(bounds):
+    with pytest.raises(SystemExit):
+        main(["--problems", "12", "--problem-range", *bounds, "--budgets", "1"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import logging
 import pathlib
@@ -28,7 +29,7 @@ from ..rewards import ArithmeticStepVerifier
 from ..smc.selection import extract_answer, majority_vote, weighted_vote
 from .arithmetic import Problem, make_problems, problem_inputs
 
-__all__ = ["evaluate", "main", "plot", "summarize"]
+__all__ = ["combine_shards", "evaluate", "main", "plot", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,41 @@ def evaluate(
     return rows
 
 
+def combine_shards(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Joins rows of the same (method, N, seed) run on disjoint problem ranges (`--problem-range`) into one row.
+
+    Rows without a `"problem_ranges"` field (list of `[start, stop)` pairs) are kept as they are. Per-problem
+    quantities (accuracy, tokens, reward calls, compute, seconds) are averaged weighted by the number of problems of
+    each shard; ranges that overlap raise a `ValueError`. The joined row lists the union of the ranges.
+    """
+    out: list[dict[str, Any]] = []
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if "problem_ranges" in row:
+            groups[(row["method"], row["n"], row["seed"])].append(row)
+        else:
+            out.append(row)
+    for (method, n, seed), items in sorted(groups.items()):
+        if len(items) == 1:
+            out.append(items[0])
+            continue
+        ranges = sorted(tuple(r) for item in items for r in item["problem_ranges"])
+        for (_, stop), (start, _) in itertools.pairwise(ranges):
+            if start < stop:
+                raise ValueError(f"overlapping problem ranges for {method} N={n} seed={seed}: {ranges}")
+        sizes = [sum(b - a for a, b in item["problem_ranges"]) for item in items]
+        total = sum(sizes)
+        row: dict[str, Any] = {"method": method, "n": n, "seed": seed}
+        for key in ("accuracy", "generated_tokens", "reward_calls", "seconds", "compute"):
+            row[key] = sum(item[key] * k for item, k in zip(items, sizes, strict=True)) / total
+        row["problem_ranges"] = [list(r) for r in ranges]
+        sources = [item["source"] for item in items if "source" in item]
+        if sources:
+            row["source"] = " + ".join(sources)
+        out.append(row)
+    return out
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over seeds per (method, N)."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
@@ -165,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--problems", type=int, default=12)
     parser.add_argument("--problem-seed", type=int, default=0)
+    parser.add_argument("--problem-range", type=int, nargs=2, default=None, metavar=("START", "STOP"),
+                        help="run only problems START..STOP-1 of the --problems generated (split a long run; "
+                             "--merge joins the shards of one (method, N, seed) into one row)")
     parser.add_argument("--steps", type=int, default=1, help="operations per problem (1 or 2)")
     parser.add_argument("--budgets", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -176,18 +215,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args(argv)
+    if args.problem_range is not None and not 0 <= args.problem_range[0] < args.problem_range[1] <= args.problems:
+        parser.error(f"--problem-range must satisfy 0 <= START < STOP <= --problems ({args.problems})")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     from ..models import load_default_model
 
     model, tokenizer = load_default_model(args.model)
     problems = make_problems(args.problems, seed=args.problem_seed, steps=args.steps)
+    if args.problem_range is not None:
+        problems = problems[args.problem_range[0]:args.problem_range[1]]
     started = time.perf_counter()
     rows = evaluate(
         model, tokenizer, problems, args.budgets, args.seeds, max_new_tokens=args.max_new_tokens, runs=tuple(args.runs)
     )
+    if args.problem_range is not None:
+        for row in rows:
+            row["problem_ranges"] = [list(args.problem_range)]
     for path in args.merge:
         rows.extend(json.loads(pathlib.Path(path).read_text())["rows"])
+    rows = combine_shards(rows)
     summary = summarize(rows)
     result = {"config": vars(args), "wall_seconds": time.perf_counter() - started, "summary": summary, "rows": rows}
     if args.out:
