@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hf_decoding.eval.arithmetic import make_problems
-from hf_decoding.eval.particles import combine_shards, main, summarize
+from hf_decoding.eval.particles import combine_shards, main, plain_prompt, strip_next_question, summarize
 from hf_decoding.rewards import check_equations
 
 
@@ -54,3 +54,15 @@ def test_combine_shards_weights_by_problem_count_and_rejects_overlap():
 def test_problem_range_is_validated_before_loading_a_model(bounds):
     with pytest.raises(SystemExit):
         main(["--problems", "12", "--problem-range", *bounds, "--budgets", "1"])
+
+
+def test_plain_prompt_and_cut_for_base_models():
+    from hf_decoding.smc.selection import extract_answer
+
+    (problem,) = make_problems(1, seed=0)
+    prompt = plain_prompt(problem)
+    assert f"Question: {problem.question} " in prompt and prompt.endswith("\nAnswer:")
+    assert prompt.count("Question:") == 2 and "The answer is 7." in prompt
+    completion = " 3 + 4 = 7\nThe answer is 7.\n\nQuestion: Tom has 2 cats. The answer is 9."
+    assert extract_answer(strip_next_question(completion)) == "7"
+    assert strip_next_question("no follow-up") == "no follow-up"

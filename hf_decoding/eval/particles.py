@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from ..rewards import ArithmeticStepVerifier
 from ..smc.selection import extract_answer, majority_vote, weighted_vote
-from .arithmetic import Problem, make_problems, problem_inputs
+from .arithmetic import INSTRUCTION, Problem, make_problems, problem_inputs
 
-__all__ = ["combine_shards", "evaluate", "main", "plot", "summarize"]
+__all__ = ["combine_shards", "evaluate", "main", "plain_prompt", "plot", "strip_next_question", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,29 @@ def _decoder(name: str) -> Any:
 
     return {"particle_filter": particle_filter, "best_of_n": best_of_n, "beam_search_prm": beam_search_prm,
             "dvts": dvts}[name]
+
+
+# One worked example (not one of the generated problems) for base models without a chat template.
+_SHOT = ("Question: Ana has 12 pencils and gives away 5. How many pencils are left? " + INSTRUCTION +
+         "\nAnswer: 12 - 5 = 7\nThe answer is 7.\n\n")
+
+
+def plain_prompt(problem: Problem) -> str:
+    """One-shot plain-text prompt for a base model without a chat template (Gemma-3-270M here)."""
+    return f"{_SHOT}Question: {problem.question} {INSTRUCTION}\nAnswer:"
+
+
+def strip_next_question(text: str) -> str:
+    """A base model given `plain_prompt` goes on with a new "Question:" after its answer; only the text before it is
+    the completion that is scored."""
+    return text.split("Question:", 1)[0]
+
+
+def _inputs(tokenizer: Any, problems: list[Problem], device: Any) -> tuple[dict[str, Any], bool]:
+    if getattr(tokenizer, "chat_template", None):
+        return problem_inputs(tokenizer, problems, device), False
+    encoded = tokenizer([plain_prompt(p) for p in problems], return_tensors="pt", padding=True)
+    return {k: v.to(device) for k, v in encoded.items()}, True
 
 
 def evaluate(
@@ -65,7 +88,10 @@ def evaluate(
     N samples) and any of `STEP_METHODS`; long evaluations can be split into several calls and merged.
     """
     verifier = ArithmeticStepVerifier()
-    inputs = problem_inputs(tokenizer, problems, model.device)
+    inputs, plain = _inputs(tokenizer, problems, model.device)
+    if plain:
+        logger.info("tokenizer has no chat template: one-shot plain prompts, completions cut at the next 'Question:'")
+    cut = strip_next_question if plain else (lambda t: t)
     prompt_len = inputs["input_ids"].shape[1]
     gold = [p.answer for p in problems]
     rows: list[dict[str, Any]] = []
@@ -92,12 +118,13 @@ def evaluate(
             "seconds": seconds / b,
         }
         selected = tokenizer.batch_decode(out.sequences[:, prompt_len:], skip_special_tokens=True)
-        correct = {name: [extract_answer(t) == g for t, g in zip(selected, gold, strict=True)]}
+        correct = {name: [extract_answer(cut(t)) == g for t, g in zip(selected, gold, strict=True)]}
         if run == "samples":
             texts = [
                 tokenizer.batch_decode(out.particles.sequences[i, :, prompt_len:], skip_special_tokens=True)
                 for i in range(b)
             ]
+            texts = [[cut(t) for t in group] for group in texts]
             answers = [[extract_answer(t) for t in group] for group in texts]
             scores = [verifier.score_whole([""] * n, group) for group in texts]
             correct["weighted_best_of_n"] = [
