@@ -126,7 +126,9 @@ def enable(model: Any) -> Any:
             return original_generate(*args, **kwargs)
         if kwargs.get("custom_generate") is not None:
             raise invalid_argument(
-                "custom_generate", kwargs["custom_generate"], "unset when `decoding` is given",
+                "custom_generate",
+                kwargs["custom_generate"],
+                "unset when `decoding` is given",
                 "Pass either decoding=... or custom_generate=..., not both.",
             )
         decoder = get_decoder(decoding)

@@ -131,7 +131,12 @@ def test_kept_mass_rejects_non_matrix_logits() -> None:
 
 def test_generate_kwargs_switch_other_warpers_off() -> None:
     assert generate_kwargs_for("top_k", 40) == {
-        "decoding": "sample", "do_sample": True, "temperature": 1.0, "top_k": 40, "top_p": 1.0, "min_p": None,
+        "decoding": "sample",
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 40,
+        "top_p": 1.0,
+        "min_p": None,
     }
     assert generate_kwargs_for("temperature", 0.9)["top_k"] == 0
     nucleus = generate_kwargs_for("distortion_aware_nucleus", 0.88)
@@ -172,7 +177,9 @@ def tiny_comparison() -> distortion.DistortionComparison:
     )
 
 
-def test_compare_strategies_nucleus_has_zero_distortion_spread(tiny_comparison: distortion.DistortionComparison) -> None:
+def test_compare_strategies_nucleus_has_zero_distortion_spread(
+    tiny_comparison: distortion.DistortionComparison,
+) -> None:
     rows = {(row["target_mass"], row["strategy"]): row for row in tiny_comparison.table()}
     assert len(rows) == 2 * len(STRATEGIES)
     for target in (0.65, 0.88):

@@ -124,9 +124,25 @@ def test_env_text(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_generate_json_on_local_dir(tiny_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = [
-        "generate", "--model", str(tiny_dir), "--prompt", "t5 t6 t7", "--prompt", "t8 t9",
-        "--decoding", "sample", "--do-sample", "--top-k", "0", "--top-p", "0.6", "--seed", "0",
-        "--max-new-tokens", "5", "--json",
+        "generate",
+        "--model",
+        str(tiny_dir),
+        "--prompt",
+        "t5 t6 t7",
+        "--prompt",
+        "t8 t9",
+        "--decoding",
+        "sample",
+        "--do-sample",
+        "--top-k",
+        "0",
+        "--top-p",
+        "0.6",
+        "--seed",
+        "0",
+        "--max-new-tokens",
+        "5",
+        "--json",
     ]
     document = run_json(capsys, argv)
     assert document["decoding"] == "sample"
@@ -144,8 +160,21 @@ def test_generate_json_on_local_dir(tiny_dir: pathlib.Path, capsys: pytest.Captu
 
 
 def test_generate_is_seeded(tiny_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["generate", "--model", str(tiny_dir), "--prompt", "t5 t6", "--do-sample", "--top-k", "0",
-            "--seed", "3", "--max-new-tokens", "6", "--json"]
+    argv = [
+        "generate",
+        "--model",
+        str(tiny_dir),
+        "--prompt",
+        "t5 t6",
+        "--do-sample",
+        "--top-k",
+        "0",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    ]
     first = run_json(capsys, argv)["sequences"]
     second = run_json(capsys, argv)["sequences"]
     assert first == second
@@ -155,9 +184,27 @@ def test_generate_distortion_aware_nucleus_and_set(tiny_dir: pathlib.Path, capsy
     document = run_json(
         capsys,
         [
-            "generate", "--model", str(tiny_dir), "--prompt", "t5 t6 t7", "--prompt", "t10",
-            "--decoding", "distortion_aware_nucleus", "--do-sample", "--top-k", "0", "--top-p", "0.8",
-            "--max-new-tokens", "4", "--set", "min_new_tokens=4", "--set", "temperature=1.0", "--json",
+            "generate",
+            "--model",
+            str(tiny_dir),
+            "--prompt",
+            "t5 t6 t7",
+            "--prompt",
+            "t10",
+            "--decoding",
+            "distortion_aware_nucleus",
+            "--do-sample",
+            "--top-k",
+            "0",
+            "--top-p",
+            "0.8",
+            "--max-new-tokens",
+            "4",
+            "--set",
+            "min_new_tokens=4",
+            "--set",
+            "temperature=1.0",
+            "--json",
         ],
     )
     assert document["generate_kwargs"]["min_new_tokens"] == 4
@@ -171,8 +218,23 @@ def test_generate_num_return_sequences_maps_rows_to_prompts(
 ) -> None:
     document = run_json(
         capsys,
-        ["generate", "--model", str(tiny_dir), "--prompt", "t5", "--prompt", "t6", "--do-sample", "--seed", "0",
-         "--max-new-tokens", "3", "--set", "num_return_sequences=2", "--json"],
+        [
+            "generate",
+            "--model",
+            str(tiny_dir),
+            "--prompt",
+            "t5",
+            "--prompt",
+            "t6",
+            "--do-sample",
+            "--seed",
+            "0",
+            "--max-new-tokens",
+            "3",
+            "--set",
+            "num_return_sequences=2",
+            "--json",
+        ],
     )
     assert [row["prompt_index"] for row in document["sequences"]] == [0, 0, 1, 1]
 
@@ -228,9 +290,27 @@ def test_analyze_distortion_on_local_dir(
     document = run_json(
         capsys,
         [
-            "analyze", "distortion", "--model", str(tiny_dir), "--prompt", "t5 t6", "--prompt", "t7 t8 t9",
-            "--target-mass", "0.65", "0.88", "--num-samples", "4", "--max-new-tokens", "4", "--num-contexts", "16",
-            "--no-progress", "--plot", str(tmp_path), "--json",
+            "analyze",
+            "distortion",
+            "--model",
+            str(tiny_dir),
+            "--prompt",
+            "t5 t6",
+            "--prompt",
+            "t7 t8 t9",
+            "--target-mass",
+            "0.65",
+            "0.88",
+            "--num-samples",
+            "4",
+            "--max-new-tokens",
+            "4",
+            "--num-contexts",
+            "16",
+            "--no-progress",
+            "--plot",
+            str(tmp_path),
+            "--json",
         ],
     )
     assert len(document["table"]) == 2 * 4
@@ -241,8 +321,24 @@ def test_analyze_distortion_on_local_dir(
 
 def test_analyze_distortion_text_table(tiny_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
-        ["analyze", "distortion", "--model", str(tiny_dir), "--prompt", "t5 t6", "--strategies", "top_k", "top_p",
-         "--num-samples", "2", "--max-new-tokens", "3", "--num-contexts", "8", "--no-progress"]
+        [
+            "analyze",
+            "distortion",
+            "--model",
+            str(tiny_dir),
+            "--prompt",
+            "t5 t6",
+            "--strategies",
+            "top_k",
+            "top_p",
+            "--num-samples",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--num-contexts",
+            "8",
+            "--no-progress",
+        ]
     )
     assert code == 0
     out = capsys.readouterr().out
@@ -288,8 +384,20 @@ def test_demo_json(smollm2: tuple, capsys: pytest.CaptureFixture[str]) -> None:
 def test_analyze_distortion_real(smollm2: tuple, capsys: pytest.CaptureFixture[str]) -> None:
     document = run_json(
         capsys,
-        ["analyze", "distortion", "--num-samples", "4", "--max-new-tokens", "8", "--num-contexts", "16",
-         "--prompt", "Tell me a story.", "--no-progress", "--json"],
+        [
+            "analyze",
+            "distortion",
+            "--num-samples",
+            "4",
+            "--max-new-tokens",
+            "8",
+            "--num-contexts",
+            "16",
+            "--prompt",
+            "Tell me a story.",
+            "--no-progress",
+            "--json",
+        ],
     )
     rows = {row["strategy"]: row for row in document["table"]}
     assert set(rows) == {"top_k", "top_p", "temperature", "distortion_aware_nucleus"}

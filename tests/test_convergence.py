@@ -160,8 +160,7 @@ def test_bad_inputs():
 
 
 def test_study_checks_and_plot(tmp_path):
-    study = run_convergence_study(length=6, vocab_size=2, dependence=0.8, confidence_length=4,
-                                  sweep=(0.0, 0.5, 0.9))
+    study = run_convergence_study(length=6, vocab_size=2, dependence=0.8, confidence_length=4, sweep=(0.0, 0.5, 0.9))
     checks = study["checks"]
     assert checks["kl_zero_at_L"] and checks["bound_holds"] and checks["mixture_below_expected"]
     assert checks["kl_grows_with_mi"]
@@ -176,8 +175,9 @@ def test_cli_analyze_convergence(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     analyze_convergence.add_parser(parser.add_subparsers())
     output = tmp_path / "study.json"
-    args = parser.parse_args(["convergence", "--length", "6", "--vocab-size", "2", "--confidence-length", "4",
-                              "--output", str(output)])
+    args = parser.parse_args(
+        ["convergence", "--length", "6", "--vocab-size", "2", "--confidence-length", "4", "--output", str(output)]
+    )
     assert args.handler(args) == 0
     printed = capsys.readouterr().out
     assert "slope=" in printed and "bound_holds=True" in printed

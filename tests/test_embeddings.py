@@ -34,8 +34,16 @@ def _one_thread():
 def _llama(seed: int = 0, tied: bool = False, vocab: int = VOCAB) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
         tie_word_embeddings=tied,
     )
     model = LlamaForCausalLM(config).eval()
@@ -158,9 +166,18 @@ def test_unigram_target_and_lm_head_bias():
 def test_soft_capped_logits_are_reconstructed():
     torch.manual_seed(0)
     config = Gemma3TextConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=8, max_position_embeddings=64, final_logit_softcapping=2.0,
-        sliding_window=8, layer_types=["sliding_attention", "full_attention"], pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=64,
+        final_logit_softcapping=2.0,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=0,
     )
     model = Gemma3ForCausalLM(config).eval()
     with torch.no_grad():
@@ -170,8 +187,9 @@ def test_soft_capped_logits_are_reconstructed():
     with torch.no_grad():
         logits = model(input_ids=torch.tensor(_texts(4))).logits.double()
     assert logits.abs().max() <= 2.0
-    torch.testing.assert_close(report.log_probability.exp(), logits.softmax(-1).reshape(-1, VOCAB).mean(0),
-                               rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(
+        report.log_probability.exp(), logits.softmax(-1).reshape(-1, VOCAB).mean(0), rtol=1e-5, atol=1e-9
+    )
 
 
 def test_unsupported_logit_scaling_is_detected():
@@ -190,8 +208,15 @@ def test_pruning_planted_irrelevant_dimensions_changes_nothing(sparse):
     model, report = sparse
     irrelevant = (HIDDEN - RELEVANT) / HIDDEN
     curve = emb.pruning_curve(
-        model, None, _texts(4, seed=1), _texts(4, seed=2), report=report, fractions=[0.0, 0.5, irrelevant],
-        prompt_length=4, max_new_tokens=6, progress=False,
+        model,
+        None,
+        _texts(4, seed=1),
+        _texts(4, seed=2),
+        report=report,
+        fractions=[0.0, 0.5, irrelevant],
+        prompt_length=4,
+        max_new_tokens=6,
+        progress=False,
     )
     assert [p.num_removed for p in curve.points] == [0, HIDDEN // 2, HIDDEN - RELEVANT]
     for point in curve.points:
@@ -206,8 +231,17 @@ def test_pruning_planted_irrelevant_dimensions_changes_nothing(sparse):
     # removing the planted dimensions instead does change the distribution
     with emb.prune_output_dimensions(model, irrelevant, report=report) as edit:
         assert set(edit.details["removed"].tolist()) == set(range(RELEVANT, HIDDEN))
-    random_curve = emb.pruning_curve(model, None, _texts(4, seed=1), report=report, fractions=[0.75], ranking="random",
-                                     seed=5, num_prompts=0, progress=False)
+    random_curve = emb.pruning_curve(
+        model,
+        None,
+        _texts(4, seed=1),
+        report=report,
+        fractions=[0.75],
+        ranking="random",
+        seed=5,
+        num_prompts=0,
+        progress=False,
+    )
     assert random_curve.points[0].metrics["in_distribution"]["js"] > 1e-4
 
 
@@ -227,8 +261,9 @@ def test_pruned_weights_follow_the_formula(sparse, basis):
 
 def test_pca_basis_and_random_ranking_without_report():
     model = _planted_sparse_model()
-    curve = emb.pruning_curve(model, None, _texts(3), fractions=[0.0, 0.5], ranking="random", basis="pca",
-                              num_prompts=0, progress=False)
+    curve = emb.pruning_curve(
+        model, None, _texts(3), fractions=[0.0, 0.5], ranking="random", basis="pca", num_prompts=0, progress=False
+    )
     assert curve.basis == "pca" and "held_out" not in curve.points[0].metrics
     assert curve.points[0].metrics["in_distribution"]["kl"] == pytest.approx(0.0, abs=1e-7)
 
@@ -301,15 +336,28 @@ def test_fitted_steering_is_an_exact_logit_shift_when_the_hidden_state_is_consta
 
 def test_steering_curve_on_the_constant_model(constant):
     model, _, report = constant
-    curve = emb.steering_curve(model, None, _texts(3, seed=4), report=report, num_tokens=3, ratios=[0.05, 1, 20],
-                               directions=("fitted", "mean_hidden", "least_squares"), progress=False)
-    assert set(curve.achieved) == {"embedding:fitted", "embedding:mean_hidden", "embedding:least_squares",
-                                   "processor:probability", "processor:logit"}
+    curve = emb.steering_curve(
+        model,
+        None,
+        _texts(3, seed=4),
+        report=report,
+        num_tokens=3,
+        ratios=[0.05, 1, 20],
+        directions=("fitted", "mean_hidden", "least_squares"),
+        progress=False,
+    )
+    assert set(curve.achieved) == {
+        "embedding:fitted",
+        "embedding:mean_hidden",
+        "embedding:least_squares",
+        "processor:probability",
+        "processor:logit",
+    }
     assert set(curve.token_ids) <= set(report.fit.test_index.tolist())
-    torch.testing.assert_close(curve.achieved["embedding:fitted"], curve.achieved["processor:logit"], rtol=1e-4,
-                               atol=0)
-    torch.testing.assert_close(curve.achieved["embedding:mean_hidden"], curve.achieved["processor:logit"], rtol=1e-4,
-                               atol=0)
+    torch.testing.assert_close(curve.achieved["embedding:fitted"], curve.achieved["processor:logit"], rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        curve.achieved["embedding:mean_hidden"], curve.achieved["processor:logit"], rtol=1e-4, atol=0
+    )
     target = torch.tensor([0.05, 1.0, 20.0], dtype=torch.float64).unsqueeze(-1).expand(3, 3)
     feasible = curve.base_probability * 20 < 1
     torch.testing.assert_close(curve.achieved["processor:probability"][:, feasible], target[:, feasible])
@@ -404,8 +452,9 @@ def test_other_bad_arguments(sparse):
 def test_plots(sparse, tmp_path):
     pytest.importorskip("matplotlib")
     model, report = sparse
-    curve = emb.pruning_curve(model, None, _texts(2), report=report, fractions=[0.0, 0.5], num_prompts=0,
-                              progress=False)
+    curve = emb.pruning_curve(
+        model, None, _texts(2), report=report, fractions=[0.0, 0.5], num_prompts=0, progress=False
+    )
     steering = emb.steering_curve(model, None, _texts(2), report=report, num_tokens=2, ratios=[0.5, 2], progress=False)
     paths = [
         emb.plot_probability_pca(report, tmp_path / "a.png"),
@@ -459,12 +508,40 @@ def test_cli_runs_on_smollm2(smollm2, tmp_path, capsys):
         "It was a bright cold day in April, and the clocks were striking thirteen, said the narrator of the book.\n\n"
         * 2
     )
-    module, args = _cli([
-        "--texts", str(tmp_path / "in.txt"), "--held-out", str(tmp_path / "out.txt"), "--num-texts", "6",
-        "--num-eval", "2", "--max-length", "24", "--fractions", "0,0.5", "--rankings", "pca",
-        "--ratios", "0.5,2", "--directions", "fitted", "--num-tokens", "2", "--num-prompts", "1",
-        "--max-new-tokens", "3", "--threads", "1", "--json", "--plot", str(tmp_path / "figs"), "--no-progress",
-    ])
+    module, args = _cli(
+        [
+            "--texts",
+            str(tmp_path / "in.txt"),
+            "--held-out",
+            str(tmp_path / "out.txt"),
+            "--num-texts",
+            "6",
+            "--num-eval",
+            "2",
+            "--max-length",
+            "24",
+            "--fractions",
+            "0,0.5",
+            "--rankings",
+            "pca",
+            "--ratios",
+            "0.5,2",
+            "--directions",
+            "fitted",
+            "--num-tokens",
+            "2",
+            "--num-prompts",
+            "1",
+            "--max-new-tokens",
+            "3",
+            "--threads",
+            "1",
+            "--json",
+            "--plot",
+            str(tmp_path / "figs"),
+            "--no-progress",
+        ]
+    )
     assert module.run(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["encoding"]["tied_embeddings"] is True and result["encoding"]["vocab_size"] == 49152

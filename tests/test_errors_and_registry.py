@@ -203,7 +203,9 @@ def custom_decoder_name():
 def test_register_decoder_works_through_decoding(enabled_model, prompt, custom_decoder_name):
     calls = []
 
-    def recording(model, input_ids, logits_processor, stopping_criteria, generation_config, my_flag=None, **model_kwargs):
+    def recording(
+        model, input_ids, logits_processor, stopping_criteria, generation_config, my_flag=None, **model_kwargs
+    ):
         calls.append(my_flag)
         return hf_decoding.decoders.sample(
             model, input_ids, logits_processor, stopping_criteria, generation_config, **model_kwargs
@@ -215,7 +217,9 @@ def test_register_decoder_works_through_decoding(enabled_model, prompt, custom_d
     assert hf_decoding.get_decoder(custom_decoder_name) is recording
 
     torch.manual_seed(0)
-    ours = enabled_model.generate(**prompt, decoding=custom_decoder_name, my_flag="x", do_sample=False, max_new_tokens=4)
+    ours = enabled_model.generate(
+        **prompt, decoding=custom_decoder_name, my_flag="x", do_sample=False, max_new_tokens=4
+    )
     assert calls == ["x"]
     reference = enabled_model.generate(**prompt, decoding="sample", do_sample=False, max_new_tokens=4)
     assert torch.equal(ours, reference)
@@ -364,7 +368,13 @@ def test_stop_strings_with_tokenizer_match_builtin(enabled_model, plain_model, c
 
     # The same through a GenerationConfig.
     config = GenerationConfig(
-        decoding="sample", do_sample=True, top_k=0, max_new_tokens=12, stop_strings=stop, pad_token_id=0, eos_token_id=EOS
+        decoding="sample",
+        do_sample=True,
+        top_k=0,
+        max_new_tokens=12,
+        stop_strings=stop,
+        pad_token_id=0,
+        eos_token_id=EOS,
     )
     torch.manual_seed(seed)
     from_config = enabled_model.generate(single_prompt, generation_config=config, tokenizer=char_tokenizer)

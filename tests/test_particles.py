@@ -86,7 +86,9 @@ def test_particle_filter_outputs_and_cost(model):
 def test_same_seed_same_result_and_generator(model):
     a = run(model, num_particles=4, reward_model=SpyReward(), tokens_per_step=2, seed=5)
     b = run(model, num_particles=4, reward_model=SpyReward(), tokens_per_step=2, seed=5)
-    c = run(model, num_particles=4, reward_model=SpyReward(), tokens_per_step=2, generator=torch.Generator().manual_seed(5))
+    c = run(
+        model, num_particles=4, reward_model=SpyReward(), tokens_per_step=2, generator=torch.Generator().manual_seed(5)
+    )
     d = run(model, num_particles=4, reward_model=SpyReward(), tokens_per_step=2, seed=6)
     assert torch.equal(a.particles.sequences, b.particles.sequences)
     assert torch.equal(a.particles.sequences, c.particles.sequences)
@@ -97,8 +99,16 @@ def test_decoding_name_through_enable_binds_the_tokenizer():
     model = hfd.enable(build_tiny_llama(seed=1))
     hfd.register_decoder("particle_filter", particle_filter, overwrite=True)
     out = model.generate(
-        **prompt_batch(1), decoding="particle_filter", tokenizer=TOK, num_particles=2, reward_model=SpyReward(), tokens_per_step=3,
-        do_sample=True, max_new_tokens=6, seed=0, return_dict_in_generate=True,
+        **prompt_batch(1),
+        decoding="particle_filter",
+        tokenizer=TOK,
+        num_particles=2,
+        reward_model=SpyReward(),
+        tokens_per_step=3,
+        do_sample=True,
+        max_new_tokens=6,
+        seed=0,
+        return_dict_in_generate=True,
     )
     assert out.particles.log_weights.shape == (1, 2)
 
@@ -106,18 +116,34 @@ def test_decoding_name_through_enable_binds_the_tokenizer():
 def test_options_from_generation_config(model):
     from transformers import GenerationConfig
 
-    config = GenerationConfig(num_particles=3, tokens_per_step=2, max_new_tokens=6, do_sample=True,
-                              return_dict_in_generate=True, pad_token_id=PAD, eos_token_id=EOS)
-    out = model.generate(**prompt_batch(1), generation_config=config,
-                         custom_generate=functools.partial(particle_filter, tokenizer=TOK), reward_model=SpyReward())
+    config = GenerationConfig(
+        num_particles=3,
+        tokens_per_step=2,
+        max_new_tokens=6,
+        do_sample=True,
+        return_dict_in_generate=True,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+    )
+    out = model.generate(
+        **prompt_batch(1),
+        generation_config=config,
+        custom_generate=functools.partial(particle_filter, tokenizer=TOK),
+        reward_model=SpyReward(),
+    )
     assert out.particles.log_weights.shape == (1, 3)
 
 
 # ------------------------------------------------------------------------------------------------ weights, exactly
 @pytest.mark.parametrize(
     ("score_mode", "transform", "update"),
-    [("model", "logit", "potential"), ("last", "log", "potential"), ("min", "identity", "potential"),
-     ("prod", "log", "potential"), ("last", "logit", "twisted")],
+    [
+        ("model", "logit", "potential"),
+        ("last", "log", "potential"),
+        ("min", "identity", "potential"),
+        ("prod", "log", "potential"),
+        ("last", "logit", "twisted"),
+    ],
 )
 def test_final_weights_follow_the_options(model, score_mode, transform, update):
     """No resampling (ess_threshold=0), fixed 2-token steps: every final log-weight is recomputed by hand."""
@@ -130,9 +156,18 @@ def test_final_weights_follow_the_options(model, score_mode, transform, update):
             return [text_value("whole" + t) for t in texts]
 
     out = run(
-        model, num_particles=3, reward_model=StepReward(), tokens_per_step=2, ess_threshold=0.0, seed=1,
-        score_mode=score_mode, weight_transform=transform, weight_update=update, softmax_temperature=2.0,
-        logits_processor=LogitsProcessorList([NoEos(boost=22, amount=6.0)]), max_new_tokens=6,
+        model,
+        num_particles=3,
+        reward_model=StepReward(),
+        tokens_per_step=2,
+        ess_threshold=0.0,
+        seed=1,
+        score_mode=score_mode,
+        weight_transform=transform,
+        weight_update=update,
+        softmax_temperature=2.0,
+        logits_processor=LogitsProcessorList([NoEos(boost=22, amount=6.0)]),
+        max_new_tokens=6,
     )
     assert out.particles.ancestors.eq(torch.arange(3)).all()  # never resampled
     for b, n in itertools.product(range(2), range(3)):
@@ -162,16 +197,41 @@ def test_resampling_option_is_used_not_dropped(model, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setitem(resampling_module.RESAMPLING_SCHEMES, "stratified", spy)
-    out = run(model, num_particles=4, reward_model=SpyReward(), tokens_per_step=2, resampling="stratified",
-              ess_threshold=1.0, seed=0, logits_processor=LogitsProcessorList([NoEos()]), max_new_tokens=6)
+    out = run(
+        model,
+        num_particles=4,
+        reward_model=SpyReward(),
+        tokens_per_step=2,
+        resampling="stratified",
+        ess_threshold=1.0,
+        seed=0,
+        logits_processor=LogitsProcessorList([NoEos()]),
+        max_new_tokens=6,
+    )
     assert len(calls) == out.particles.ess.shape[1] - 1  # every step but the last (nothing left to extend)
 
 
 def test_ess_threshold_controls_resampling(model):
-    never = run(model, num_particles=4, reward_model=SpyReward(), tokens_per_step=2, ess_threshold=0.0, seed=0,
-                logits_processor=LogitsProcessorList([NoEos()]), max_new_tokens=8)
-    always = run(model, num_particles=4, reward_model=SpyReward(), tokens_per_step=2, ess_threshold=1.0, seed=0,
-                 logits_processor=LogitsProcessorList([NoEos()]), max_new_tokens=8)
+    never = run(
+        model,
+        num_particles=4,
+        reward_model=SpyReward(),
+        tokens_per_step=2,
+        ess_threshold=0.0,
+        seed=0,
+        logits_processor=LogitsProcessorList([NoEos()]),
+        max_new_tokens=8,
+    )
+    always = run(
+        model,
+        num_particles=4,
+        reward_model=SpyReward(),
+        tokens_per_step=2,
+        ess_threshold=1.0,
+        seed=0,
+        logits_processor=LogitsProcessorList([NoEos()]),
+        max_new_tokens=8,
+    )
     assert never.particles.ancestors.eq(torch.arange(4)).all()
     assert not always.particles.ancestors[:, :-1].eq(torch.arange(4)).all()
     # after a resampling every weight of the group is the group mean: the evidence is kept
@@ -183,11 +243,19 @@ def test_preset_paper_and_override(model, monkeypatch):
     for name in ("multinomial", "systematic"):
         original = resampling_module.RESAMPLING_SCHEMES[name]
         monkeypatch.setitem(
-            resampling_module.RESAMPLING_SCHEMES, name,
+            resampling_module.RESAMPLING_SCHEMES,
+            name,
             (lambda n, f: lambda *a, **k: (used.append(n), f(*a, **k))[1])(name, original),
         )
-    kw = dict(num_particles=3, reward_model=SpyReward(), tokens_per_step=2, seed=0, max_new_tokens=6,
-              logits_processor=LogitsProcessorList([NoEos()]), step_delimiter="")
+    kw = dict(
+        num_particles=3,
+        reward_model=SpyReward(),
+        tokens_per_step=2,
+        seed=0,
+        max_new_tokens=6,
+        logits_processor=LogitsProcessorList([NoEos()]),
+        step_delimiter="",
+    )
     run(model, preset="paper", **kw)
     assert used and set(used) == {"multinomial"}
     used.clear()
@@ -202,8 +270,16 @@ def test_finished_particles_are_absorbed_not_regenerated(model):
     """Regression (reference code regenerates and re-scores finished particles): once a particle finished it is
     never scored again and generates no token."""
     reward = SpyReward()
-    out = run(model, num_particles=6, reward_model=reward, tokens_per_step=1, seed=2, ess_threshold=0.0,
-              max_new_tokens=10, logits_processor=LogitsProcessorList([_EosSometimes()]))
+    out = run(
+        model,
+        num_particles=6,
+        reward_model=reward,
+        tokens_per_step=1,
+        seed=2,
+        ess_threshold=0.0,
+        max_new_tokens=10,
+        logits_processor=LogitsProcessorList([_EosSometimes()]),
+    )
     trace = out.particles
     lengths = [(trace.sequences[b, n, 5:] != PAD).sum().item() for b in range(2) for n in range(6)]
     assert min(lengths) < max(lengths)  # some particles finished early
@@ -221,11 +297,29 @@ class _EosSometimes(LogitsProcessor):
 
 
 def test_reference_finished_mode_reuses_last_potential(model):
-    out_abs = run(model, num_particles=6, reward_model=SpyReward(), tokens_per_step=1, seed=2, ess_threshold=0.0,
-                  max_new_tokens=6, logits_processor=LogitsProcessorList([_EosSometimes()]), weight_transform="log")
-    out_ref = run(model, num_particles=6, reward_model=SpyReward(), tokens_per_step=1, seed=2, ess_threshold=0.0,
-                  max_new_tokens=6, logits_processor=LogitsProcessorList([_EosSometimes()]), weight_transform="log",
-                  finished_particles="reference")
+    out_abs = run(
+        model,
+        num_particles=6,
+        reward_model=SpyReward(),
+        tokens_per_step=1,
+        seed=2,
+        ess_threshold=0.0,
+        max_new_tokens=6,
+        logits_processor=LogitsProcessorList([_EosSometimes()]),
+        weight_transform="log",
+    )
+    out_ref = run(
+        model,
+        num_particles=6,
+        reward_model=SpyReward(),
+        tokens_per_step=1,
+        seed=2,
+        ess_threshold=0.0,
+        max_new_tokens=6,
+        logits_processor=LogitsProcessorList([_EosSometimes()]),
+        weight_transform="log",
+        finished_particles="reference",
+    )
     assert torch.equal(out_abs.particles.sequences, out_ref.particles.sequences)
     steps = out_abs.particles.ess.shape[1]
     for b, n in itertools.product(range(2), range(6)):
@@ -248,14 +342,34 @@ def test_particle_gibbs_reference_weight_alignment(model):
     inputs = prompt_batch(1)
     reward = SpyReward()
     setup, _ = prepare(
-        model, inputs["input_ids"], LogitsProcessorList([NoEos()]), None, _config(model, 6),
+        model,
+        inputs["input_ids"],
+        LogitsProcessorList([NoEos()]),
+        None,
+        _config(model, 6),
         {"attention_mask": inputs["attention_mask"], "use_cache": True},
-        method="particle_gibbs", values={"num_particles": 3, "tokens_per_step": 2, "weight_transform": "log"},
-        defaults={"num_particles": 3, "score_mode": "model", "weight_transform": "log", "softmax_temperature": 1.0,
-                  "weight_update": "potential", "resampling": "systematic", "ess_threshold": 0.0,
-                  "finished_particles": "absorb", "selection": "argmax", "on_reward_error": "raise"},
-        preset=None, reward_model=reward, require_reward=True, tokenizer=TOK, seed=0, generator=None,
-        reward_prompts=None, answer_extractor=None,
+        method="particle_gibbs",
+        values={"num_particles": 3, "tokens_per_step": 2, "weight_transform": "log"},
+        defaults={
+            "num_particles": 3,
+            "score_mode": "model",
+            "weight_transform": "log",
+            "softmax_temperature": 1.0,
+            "weight_update": "potential",
+            "resampling": "systematic",
+            "ess_threshold": 0.0,
+            "finished_particles": "absorb",
+            "selection": "argmax",
+            "on_reward_error": "raise",
+        },
+        preset=None,
+        reward_model=reward,
+        require_reward=True,
+        tokenizer=TOK,
+        seed=0,
+        generator=None,
+        reward_prompts=None,
+        answer_extractor=None,
     )
     ref_steps = [torch.tensor([22, 23]), torch.tensor([24, 25]), torch.tensor([26, 27])]
     ref_scores = [0.9, 0.2, 0.6]  # deliberately unlike anything the reward would say
@@ -282,11 +396,29 @@ def _config(model, max_new_tokens):
 
 
 def test_particle_gibbs_and_parallel_tempering_run(model):
-    pg = run(model, particle_gibbs, num_particles=3, num_iterations=2, num_chains=2, reward_model=SpyReward(),
-             tokens_per_step=2, seed=0, max_new_tokens=6)
+    pg = run(
+        model,
+        particle_gibbs,
+        num_particles=3,
+        num_iterations=2,
+        num_chains=2,
+        reward_model=SpyReward(),
+        tokens_per_step=2,
+        seed=0,
+        max_new_tokens=6,
+    )
     assert pg.particles.log_weights.shape == (2, 6)
-    pt = run(model, parallel_tempering, num_particles=3, num_iterations=2, temperature_ladder=[1.0, 3.0],
-             reward_model=SpyReward(), tokens_per_step=2, seed=0, max_new_tokens=6)
+    pt = run(
+        model,
+        parallel_tempering,
+        num_particles=3,
+        num_iterations=2,
+        temperature_ladder=[1.0, 3.0],
+        reward_model=SpyReward(),
+        tokens_per_step=2,
+        seed=0,
+        max_new_tokens=6,
+    )
     assert pt.particles.log_weights.shape == (2, 3)
     assert pt.cost.reward_calls > pg.cost.reward_calls / 4
 
@@ -318,8 +450,15 @@ def test_baselines_run_and_count_reward_calls(model):
 
 
 def test_bon_is_one_prefill_then_fan_out(model):
-    out = run(model, best_of_n, reward_model=SpyReward(), num_particles=4, seed=0, max_new_tokens=5,
-              logits_processor=LogitsProcessorList([NoEos()]))
+    out = run(
+        model,
+        best_of_n,
+        reward_model=SpyReward(),
+        num_particles=4,
+        seed=0,
+        max_new_tokens=5,
+        logits_processor=LogitsProcessorList([NoEos()]),
+    )
     assert out.cost.forward_passes == 1 + 5 - 1  # the last token of a finished particle is never fed
 
 
@@ -341,8 +480,14 @@ def test_bad_inputs(model):
 
 def test_delimiter_never_produced_is_one_step(model):
     with pytest.warns(HfDecodingWarning, match="delimiter"):
-        out = run(model, num_particles=2, reward_model=SpyReward(), max_new_tokens=6,
-                  logits_processor=LogitsProcessorList([NoEos()]), step_delimiter="\n\n\n\n\n")
+        out = run(
+            model,
+            num_particles=2,
+            reward_model=SpyReward(),
+            max_new_tokens=6,
+            logits_processor=LogitsProcessorList([NoEos()]),
+            step_delimiter="\n\n\n\n\n",
+        )
     assert out.particles.ess.shape[1] == 1
     assert out.cost.generated_tokens == 2 * 2 * 6
 
@@ -365,8 +510,14 @@ def test_reward_failures_are_typed(model):
     with pytest.raises(RewardModelError, match="KeyError"):
         run(model, num_particles=2, reward_model=raising, tokens_per_step=2)
     with pytest.warns(HfDecodingWarning, match="-inf"):
-        out = run(model, num_particles=2, reward_model=nan_reward, tokens_per_step=2, on_reward_error="neg_inf",
-                  max_new_tokens=4)
+        out = run(
+            model,
+            num_particles=2,
+            reward_model=nan_reward,
+            tokens_per_step=2,
+            on_reward_error="neg_inf",
+            max_new_tokens=4,
+        )
     assert torch.isneginf(out.particles.log_weights).all()
     with pytest.raises(RewardModelError, match="identity"):
         run(model, num_particles=2, reward_model=lambda p, t: [[3.0] for _ in t], tokens_per_step=2)
@@ -381,12 +532,24 @@ def test_decoder_evidence_estimate_matches_enumeration(model):
     prompt = torch.tensor([[22, 23, 24]]).expand(groups, -1)
     processors = LogitsProcessorList([NoEos()])
     out = model.generate(
-        input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=3, max_new_tokens=2,
-        custom_generate=functools.partial(particle_filter, tokenizer=TOK), num_particles=n,
-        reward_model=SpyReward(), tokens_per_step=1, score_mode="last", weight_transform="log",
-        ess_threshold=0.5, seed=0, return_dict_in_generate=True, logits_processor=processors,
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
+        do_sample=True,
+        top_k=3,
+        max_new_tokens=2,
+        custom_generate=functools.partial(particle_filter, tokenizer=TOK),
+        num_particles=n,
+        reward_model=SpyReward(),
+        tokens_per_step=1,
+        score_mode="last",
+        weight_transform="log",
+        ess_threshold=0.5,
+        seed=0,
+        return_dict_in_generate=True,
+        logits_processor=processors,
     )
     with torch.no_grad():
+
         def q(ids):
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
             logits[EOS] = -math.inf

@@ -22,8 +22,16 @@ def test_problems_are_deterministic_and_correct():
 
 def test_summarize_mean_and_std_over_seeds():
     rows = [
-        {"method": "pf", "n": 4, "seed": s, "accuracy": acc, "generated_tokens": 10.0, "reward_calls": 2.0,
-         "compute": 12.0, "seconds": 1.0}
+        {
+            "method": "pf",
+            "n": 4,
+            "seed": s,
+            "accuracy": acc,
+            "generated_tokens": 10.0,
+            "reward_calls": 2.0,
+            "compute": 12.0,
+            "seconds": 1.0,
+        }
         for s, acc in ((0, 0.5), (1, 0.7))
     ]
     (summary,) = summarize(rows)
@@ -33,11 +41,28 @@ def test_summarize_mean_and_std_over_seeds():
 
 def test_combine_shards_weights_by_problem_count_and_rejects_overlap():
     def row(acc, tokens, ranges, seed=0):
-        return {"method": "pf", "n": 32, "seed": seed, "accuracy": acc, "generated_tokens": tokens,
-                "reward_calls": 1.0, "compute": tokens + 1.0, "seconds": 2.0, "problem_ranges": ranges}
+        return {
+            "method": "pf",
+            "n": 32,
+            "seed": seed,
+            "accuracy": acc,
+            "generated_tokens": tokens,
+            "reward_calls": 1.0,
+            "compute": tokens + 1.0,
+            "seconds": 2.0,
+            "problem_ranges": ranges,
+        }
 
-    full = {"method": "pf", "n": 16, "seed": 0, "accuracy": 0.25, "generated_tokens": 5.0, "reward_calls": 1.0,
-            "compute": 6.0, "seconds": 1.0}
+    full = {
+        "method": "pf",
+        "n": 16,
+        "seed": 0,
+        "accuracy": 0.25,
+        "generated_tokens": 5.0,
+        "reward_calls": 1.0,
+        "compute": 6.0,
+        "seconds": 1.0,
+    }
     joined = combine_shards([row(0.5, 10.0, [[0, 4]]), full, row(0.0, 40.0, [[4, 12]]), row(1.0, 1.0, [[0, 4]], 1)])
     assert full in joined and len(joined) == 3
     (pf32,) = [r for r in joined if r["n"] == 32 and r["seed"] == 0]

@@ -33,14 +33,22 @@ def test_smollm2_cache_rows_after_resampling_equal_recompute(smollm2):
     inputs = _inputs(tok, [QUESTION, "What is 3 + 4?"])  # left padded: two prompt lengths
     config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=True)
     batch = ParticleBatch.from_prompts(
-        model, inputs["input_ids"], config,
-        {"attention_mask": inputs["attention_mask"], "use_cache": True, "past_key_values": None}, 3,
+        model,
+        inputs["input_ids"],
+        config,
+        {"attention_mask": inputs["attention_mask"], "use_cache": True, "past_key_values": None},
+        3,
         tok.pad_token_id,
     )
     gen = torch.Generator().manual_seed(0)
     runner = StepRunner(
-        model, LogitsProcessorList(), StoppingCriteriaList(), config,
-        StepConfig(step_delimiter=(" ",), tokens_per_step=4, max_new_tokens=12), tokenizer=tok, generator=gen,
+        model,
+        LogitsProcessorList(),
+        StoppingCriteriaList(),
+        config,
+        StepConfig(step_delimiter=(" ",), tokens_per_step=4, max_new_tokens=12),
+        tokenizer=tok,
+        generator=gen,
     )
     for k in range(2):
         runner.run(batch, k)
@@ -50,7 +58,9 @@ def test_smollm2_cache_rows_after_resampling_equal_recompute(smollm2):
         prompt = inputs["input_ids"][group][inputs["attention_mask"][group].bool()]
         ids = torch.cat([prompt, batch.row_tokens(row)])[None]
         expected = model(input_ids=ids).logits[0, -1].float()
-        assert torch.allclose(batch.next_logits[row], expected, atol=2e-3), (expected - batch.next_logits[row]).abs().max()
+        assert torch.allclose(batch.next_logits[row], expected, atol=2e-3), (
+            (expected - batch.next_logits[row]).abs().max()
+        )
 
 
 def test_smollm2_particle_filter_through_enable(smollm2):
@@ -60,9 +70,19 @@ def test_smollm2_particle_filter_through_enable(smollm2):
 
     def run(seed):
         return model.generate(
-            **inputs, decoding="particle_filter", tokenizer=tok, num_particles=3,
-            reward_model=ArithmeticStepVerifier(), reward_prompts=[QUESTION], step_delimiter="\n",
-            tokens_per_step=6, do_sample=True, temperature=0.8, top_k=0, max_new_tokens=12, seed=seed,
+            **inputs,
+            decoding="particle_filter",
+            tokenizer=tok,
+            num_particles=3,
+            reward_model=ArithmeticStepVerifier(),
+            reward_prompts=[QUESTION],
+            step_delimiter="\n",
+            tokens_per_step=6,
+            do_sample=True,
+            temperature=0.8,
+            top_k=0,
+            max_new_tokens=12,
+            seed=seed,
             return_dict_in_generate=True,
         )
 

@@ -64,11 +64,19 @@ def _runner(model, scripts, **step):
     config = GenerationConfig(eos_token_id=EOS, pad_token_id=PAD)
     inputs = prompt_batch(1)
     batch = ParticleBatch.from_prompts(
-        model, inputs["input_ids"], config, {"attention_mask": inputs["attention_mask"], "use_cache": True},
-        len(scripts), PAD,
+        model,
+        inputs["input_ids"],
+        config,
+        {"attention_mask": inputs["attention_mask"], "use_cache": True},
+        len(scripts),
+        PAD,
     )
     runner = StepRunner(
-        model, LogitsProcessorList([Script(scripts)]), None, config, StepConfig(max_new_tokens=20, **step),
+        model,
+        LogitsProcessorList([Script(scripts)]),
+        None,
+        config,
+        StepConfig(max_new_tokens=20, **step),
         tokenizer=toy_tokenizer(),
     )
     return batch, runner

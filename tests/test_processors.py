@@ -41,12 +41,16 @@ def ids_for(scores: torch.Tensor) -> torch.LongTensor:
 
 
 @st.composite
-def score_matrices(draw, max_rows: int = 4, min_vocab: int = 2, max_vocab: int = 40, low: float = -20.0, high: float = 20.0):
+def score_matrices(
+    draw, max_rows: int = 4, min_vocab: int = 2, max_vocab: int = 40, low: float = -20.0, high: float = 20.0
+):
     """Random float32 score matrices (B, V) with finite entries."""
     rows = draw(st.integers(1, max_rows))
     vocab = draw(st.integers(min_vocab, max_vocab))
     array = draw(
-        arrays(np.float32, (rows, vocab), elements=st.floats(low, high, width=32, allow_nan=False, allow_infinity=False))
+        arrays(
+            np.float32, (rows, vocab), elements=st.floats(low, high, width=32, allow_nan=False, allow_infinity=False)
+        )
     )
     return torch.from_numpy(array.copy())
 
@@ -259,7 +263,9 @@ def test_nucleus_prefilter_and_full_sort_agree(top_p, min_tokens, scores):
     # Without ties (topk and sort may order tied tokens differently, both are valid nuclei).
     vocab = scores.shape[-1]
     results = [
-        DistortionAwareNucleusLogitsProcessor(top_p, min_tokens_to_keep=min_tokens, prefilter_k=k)(ids_for(scores), scores)
+        DistortionAwareNucleusLogitsProcessor(top_p, min_tokens_to_keep=min_tokens, prefilter_k=k)(
+            ids_for(scores), scores
+        )
         for k in (1, 4, vocab)
     ]
     for k, result in zip((1, 4), results[:2], strict=True):

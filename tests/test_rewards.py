@@ -43,7 +43,8 @@ def prm_tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>", "<extra_0>"],
+        vocab_size=400,
+        special_tokens=["<pad>", "<|im_start|>", "<|im_end|>", "<extra_0>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS * 5, trainer)
@@ -61,8 +62,15 @@ def prm():
     tok = prm_tokenizer()
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, num_labels=2, pad_token_id=tok.pad_token_id, max_position_embeddings=512,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=2,
+        pad_token_id=tok.pad_token_id,
+        max_position_embeddings=512,
     )
     return ProcessRewardModel(Qwen2ForTokenClassification(config).eval(), tok, batch_size=3)
 
@@ -100,8 +108,10 @@ def test_prm_batched_equals_row_by_row(prm):
 def test_prm_session_prefix_reuse_equals_full_recompute(prm, mode):
     prompts = ["What is 3 + 4?"] * 3 + ["Tom has 3 apples."] * 3
     session = prm.open_session(prompts, num_particles=3)
-    steps = [["3 + 4 = 7\n\n", "Then 7 * 2 = 14\n\n", "The answer is \\boxed{14}"],
-             ["He buys 4\n\n", "so 7\n\n", "and 7 + 0 = 7"]]
+    steps = [
+        ["3 + 4 = 7\n\n", "Then 7 * 2 = 14\n\n", "The answer is \\boxed{14}"],
+        ["He buys 4\n\n", "so 7\n\n", "and 7 + 0 = 7"],
+    ]
     texts = [[""] * 6]
 
     def full(slots):
@@ -122,14 +132,29 @@ def test_prm_session_prefix_reuse_equals_full_recompute(prm, mode):
 def test_prm_in_particle_filter():
     tok = prm_tokenizer()
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=2, pad_token_id=0)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=2,
+        pad_token_id=0,
+    )
     reward = ProcessRewardModel(Qwen2ForTokenClassification(config).eval(), tok)
     model = build_tiny_llama(seed=1)
     out = model.generate(
-        **prompt_batch(2), custom_generate=functools.partial(particle_filter, tokenizer=toy_tokenizer()),
-        num_particles=3, reward_model=reward, tokens_per_step=3, do_sample=True, max_new_tokens=9, seed=0,
-        score_mode="last", return_dict_in_generate=True,
+        **prompt_batch(2),
+        custom_generate=functools.partial(particle_filter, tokenizer=toy_tokenizer()),
+        num_particles=3,
+        reward_model=reward,
+        tokens_per_step=3,
+        do_sample=True,
+        max_new_tokens=9,
+        seed=0,
+        score_mode="last",
+        return_dict_in_generate=True,
     )
     assert out.cost.reward_calls > 0 and out.cost.reward_tokens > 0
     assert torch.isfinite(out.particles.log_weights).all()
@@ -138,8 +163,16 @@ def test_prm_in_particle_filter():
 # ------------------------------------------------------------------------------------------------ others
 def test_outcome_reward_model():
     tok = prm_tokenizer()
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     orm = OutcomeRewardModel(Qwen2ForSequenceClassification(config).eval(), tok)
     scores = orm.score(["q1", "q2"], ["3 + 4 = 7", "so 14"])
@@ -149,15 +182,29 @@ def test_outcome_reward_model():
 def test_self_certainty_needs_no_tokenizer():
     model = build_tiny_llama(seed=1)
     out = model.generate(
-        **prompt_batch(2), custom_generate=particle_filter, num_particles=3, reward_model=SelfCertainty(),
-        tokens_per_step=2, do_sample=True, max_new_tokens=6, seed=0, score_mode="last",
+        **prompt_batch(2),
+        custom_generate=particle_filter,
+        num_particles=3,
+        reward_model=SelfCertainty(),
+        tokens_per_step=2,
+        do_sample=True,
+        max_new_tokens=6,
+        seed=0,
+        score_mode="last",
         return_dict_in_generate=True,
     )
     assert torch.isfinite(out.particles.log_weights).all() and out.cost.reward_calls > 0
     out = model.generate(
-        **prompt_batch(1), custom_generate=particle_filter, num_particles=2,
-        reward_model=SelfCertainty("self_certainty"), weight_transform="identity", tokens_per_step=2,
-        do_sample=True, max_new_tokens=4, seed=0, return_dict_in_generate=True,
+        **prompt_batch(1),
+        custom_generate=particle_filter,
+        num_particles=2,
+        reward_model=SelfCertainty("self_certainty"),
+        weight_transform="identity",
+        tokens_per_step=2,
+        do_sample=True,
+        max_new_tokens=4,
+        seed=0,
+        return_dict_in_generate=True,
     )
     assert (out.particles.log_weights > 0).all()  # KL(U || p) >= 0
 

@@ -73,7 +73,9 @@ def test_sampling_is_random_yet_reproduced(builtin_model, enabled_model, prompt,
 @pytest.mark.parametrize("do_sample", [False, True])
 def test_batch_of_one_without_attention_mask(builtin_model, enabled_model, do_sample):
     input_ids = torch.tensor([[1, 5, 9, 11, 3]])
-    expected, ours = run_both(builtin_model, enabled_model, 4, input_ids, max_new_tokens=10, do_sample=do_sample, top_k=0)
+    expected, ours = run_both(
+        builtin_model, enabled_model, 4, input_ids, max_new_tokens=10, do_sample=do_sample, top_k=0
+    )
     assert ours.shape == (1, 15) or bool((ours[0, 5:] == EOS).any())
     assert torch.equal(ours, expected)
 
@@ -218,7 +220,9 @@ def test_decoder_as_custom_generate_on_plain_model(builtin_model, prompt):
 
 
 def test_decoding_from_passed_generation_config(builtin_model, enabled_model, prompt):
-    config = GenerationConfig(decoding="sample", do_sample=True, top_k=10, max_new_tokens=8, return_dict_in_generate=True)
+    config = GenerationConfig(
+        decoding="sample", do_sample=True, top_k=10, max_new_tokens=8, return_dict_in_generate=True
+    )
     torch.manual_seed(8)
     expected = builtin_model.generate(**prompt, do_sample=True, top_k=10, max_new_tokens=8)
     torch.manual_seed(8)

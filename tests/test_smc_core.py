@@ -164,7 +164,9 @@ def test_aggregation_modes():
 
 def test_weight_transforms():
     s = torch.tensor([0.25, 0.5, 0.0])
-    assert torch.allclose(log_potentials(s[:2], "logit", 2.0), torch.tensor([math.log(1 / 3) / 2, 0.0], dtype=torch.float64))
+    assert torch.allclose(
+        log_potentials(s[:2], "logit", 2.0), torch.tensor([math.log(1 / 3) / 2, 0.0], dtype=torch.float64)
+    )
     assert log_potentials(s, "log")[2].item() == NEG_INF
     assert torch.allclose(log_potentials(s, "identity", 0.5), torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64))
     assert math.isfinite(log_potentials(torch.tensor([1.0]), "logit").item())  # clamped, as the reference code
@@ -178,7 +180,9 @@ def test_selection_methods():
     lw = torch.log(torch.tensor([[0.1, 0.6, 0.3]], dtype=torch.float64))
     scores = torch.tensor([[0.9, 0.1, 0.2]], dtype=torch.float64)
     assert select_particles("argmax", lw, scores).item() == 0
-    draws = [select_particles("sample", lw, scores, generator=torch.Generator().manual_seed(s)).item() for s in range(300)]
+    draws = [
+        select_particles("sample", lw, scores, generator=torch.Generator().manual_seed(s)).item() for s in range(300)
+    ]
     assert 0.5 < draws.count(1) / 300 < 0.7
     answers = [["7", "8", "8"]]
     assert select_particles("weighted_vote", lw, scores, answers).item() == 2  # "8" wins 0.9 vs 0.1; best score in it

@@ -33,8 +33,12 @@ def test_logits_after_arbitrary_resampling_equal_full_recompute(delimited):
     config = GenerationConfig(eos_token_id=EOS, pad_token_id=PAD, do_sample=True)
     inputs = prompt_batch(3)
     batch = ParticleBatch.from_prompts(
-        model, inputs["input_ids"], config,
-        {"attention_mask": inputs["attention_mask"], "use_cache": True, "past_key_values": None}, 4, PAD,
+        model,
+        inputs["input_ids"],
+        config,
+        {"attention_mask": inputs["attention_mask"], "use_cache": True, "past_key_values": None},
+        4,
+        PAD,
     )
     from transformers import DynamicCache
 
@@ -55,8 +59,13 @@ def test_logits_after_arbitrary_resampling_equal_full_recompute(delimited):
             return scores + bias
 
     runner = StepRunner(
-        model, LogitsProcessorList([Bias()]), StoppingCriteriaList(), config, step,
-        tokenizer=toy_tokenizer(), generator=gen,
+        model,
+        LogitsProcessorList([Bias()]),
+        StoppingCriteriaList(),
+        config,
+        step,
+        tokenizer=toy_tokenizer(),
+        generator=gen,
     )
     with torch.no_grad():
         for k in range(4):
@@ -70,7 +79,10 @@ def test_logits_after_arbitrary_resampling_equal_full_recompute(delimited):
             ancestors = torch.randint(0, 4, (3, 4), generator=gen)
             batch.resample(ancestors)
             expected = _recompute(model, batch)
-            assert torch.allclose(batch.next_logits, expected, atol=1e-4), (k, (batch.next_logits - expected).abs().max())
+            assert torch.allclose(batch.next_logits, expected, atol=1e-4), (
+                k,
+                (batch.next_logits - expected).abs().max(),
+            )
             cache = batch.model_kwargs["past_key_values"]
             assert cache.layers[0].keys.shape[0] == batch.num_rows  # one cache, one row per live particle
             assert batch.attention_mask.shape == batch.input_ids.shape

@@ -126,11 +126,15 @@ def test_bad_mode_and_out_of_vocabulary_id():
 def test_works_in_plain_generate(tiny_model, prompt, mode):
     forced = 17
     processor = TokenProbabilityLogitsProcessor(forced, 1e9, mode=mode)
-    out = tiny_model.generate(**prompt, logits_processor=[processor], do_sample=False, max_new_tokens=4,
-                              pad_token_id=0)
+    out = tiny_model.generate(**prompt, logits_processor=[processor], do_sample=False, max_new_tokens=4, pad_token_id=0)
     assert (out[:, prompt["input_ids"].shape[1] :] == forced).all()
     # a ratio of 1 changes nothing
     plain = tiny_model.generate(**prompt, do_sample=False, max_new_tokens=4, pad_token_id=0)
-    same = tiny_model.generate(**prompt, do_sample=False, max_new_tokens=4, pad_token_id=0,
-                               logits_processor=[TokenProbabilityLogitsProcessor(forced, 1.0, mode=mode)])
+    same = tiny_model.generate(
+        **prompt,
+        do_sample=False,
+        max_new_tokens=4,
+        pad_token_id=0,
+        logits_processor=[TokenProbabilityLogitsProcessor(forced, 1.0, mode=mode)],
+    )
     assert torch.equal(plain, same)

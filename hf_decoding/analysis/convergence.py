@@ -307,8 +307,9 @@ def sampler_distribution(
                 for i in _bits(int(code), length):
                     new = new * conditionals[i]
                 _accumulate(frontier, (next_step, mask | int(code)), new)
-    return SamplerDistribution(probs=np.broadcast_to(finals, joint.probs.shape).copy(), expected_steps=expected_steps,
-                               rule=rule)
+    return SamplerDistribution(
+        probs=np.broadcast_to(finals, joint.probs.shape).copy(), expected_steps=expected_steps, rule=rule
+    )
 
 
 def _accumulate(frontier: dict[tuple[int, int], np.ndarray], key: tuple[int, int], value: np.ndarray) -> None:
@@ -560,9 +561,7 @@ def run_convergence_study(
         "mixture_below_expected": all(
             k <= e + tolerance for c in random_curves for k, e in zip(c.kl, c.expected_kl, strict=True)
         ),
-        "kl_grows_with_mi": all(
-            a["kl"][0] <= b["kl"][0] + tolerance for a, b in itertools.pairwise(sweep_rows)
-        ),
+        "kl_grows_with_mi": all(a["kl"][0] <= b["kl"][0] + tolerance for a, b in itertools.pairwise(sweep_rows)),
         "slope": curves[0].slope,
         "slope_expected_kl": curves[0].slope_expected_kl,
         "rate_exponent_expected_kl": curves[0].rate_exponent,
@@ -611,10 +610,21 @@ def plot_convergence(study: dict[str, Any], path: str) -> str:
     main = [c for c in curves if c["length"] == study["setup"]["length"] and c["in_theorem"]]
     for curve, colour in zip(main, ("C0", "C1"), strict=False):
         steps = np.array(curve["steps"], dtype=float)
-        ax.loglog(steps, positive(curve["kl"]), "o-", color=colour,
-                  label=f"{curve['joint']}: KL(p‖q_T), slope {curve['slope']:.2f}")
-        ax.loglog(steps, positive(curve["expected_kl"]), "s--", color=colour, alpha=0.7,
-                  label=f"{curve['joint']}: E_M KL (Thm 1 LHS), slope {curve['slope_expected_kl']:.2f}")
+        ax.loglog(
+            steps,
+            positive(curve["kl"]),
+            "o-",
+            color=colour,
+            label=f"{curve['joint']}: KL(p‖q_T), slope {curve['slope']:.2f}",
+        )
+        ax.loglog(
+            steps,
+            positive(curve["expected_kl"]),
+            "s--",
+            color=colour,
+            alpha=0.7,
+            label=f"{curve['joint']}: E_M KL (Thm 1 LHS), slope {curve['slope_expected_kl']:.2f}",
+        )
         ax.loglog(steps, positive(curve["bound"]), ":", color=colour, lw=2, label=f"{curve['joint']}: Theorem 1 bound")
         ax.loglog(steps, curve["c_over_t"], "-", color=colour, alpha=0.2, lw=5, label=f"{curve['joint']}: ΣI / T")
     length = study["setup"]["length"]
@@ -636,15 +646,16 @@ def plot_convergence(study: dict[str, Any], path: str) -> str:
     ax.set_ylim(floor / 2, 20)
     ax.set_xlabel("expected forward passes")
     ax.set_ylabel("KL(p‖q) (nats)")
-    ax.set_title(f"Position rules, Markov L={study['setup']['confidence_length']} (confidence rules: outside the theorem)")
+    ax.set_title(
+        f"Position rules, Markov L={study['setup']['confidence_length']} (confidence rules: outside the theorem)"
+    )
     ax.legend(fontsize=6.5)
     ax = axes[2]
     sweep = study["sweep"]
     for j, t in enumerate(sweep[0]["steps"]):
         mi = [row["mi_sum"] for row in sweep]
         ax.plot(mi, [row["kl"][j] for row in sweep], "o-", color=f"C{j}", label=f"KL(p‖q_T), T={t}")
-        ax.plot(mi, [row["expected_kl"][j] for row in sweep], "s--", color=f"C{j}", alpha=0.6,
-                label=f"E_M KL, T={t}")
+        ax.plot(mi, [row["expected_kl"][j] for row in sweep], "s--", color=f"C{j}", alpha=0.6, label=f"E_M KL, T={t}")
         ax.plot(mi, [row["bound"][j] for row in sweep], ":", color=f"C{j}", lw=2, label=f"bound, T={t}")
     ax.set_xlabel("Σ_i I(X_i; X_−i) (nats), Markov chains of growing dependence")
     ax.set_ylabel("KL (nats)")

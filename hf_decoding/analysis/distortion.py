@@ -648,8 +648,15 @@ def compare_strategies(
     eos = _eos_token_ids(model, tokenizer)
     if contexts is None:
         contexts = collect_contexts(
-            model, tokenizer, prompts, num_contexts, max_new_tokens, seed,
-            batch_size=batch_size, chat=chat, progress=progress,
+            model,
+            tokenizer,
+            prompts,
+            num_contexts,
+            max_new_tokens,
+            seed,
+            batch_size=batch_size,
+            chat=chat,
+            progress=progress,
         )
     contexts = contexts.float().clone()
     # The samplers run with min_new_tokens = max_new_tokens: EOS is removed before the warpers see the scores.
@@ -672,7 +679,12 @@ def compare_strategies(
             context_mass = _mean_mass(contexts, strategy, parameter)
             logger.info(
                 "target %.3f: %s %s=%s keeps mean mass %.4f on %d contexts",
-                target, strategy, PARAMETER_NAMES[strategy], parameter, context_mass, contexts.shape[0],
+                target,
+                strategy,
+                PARAMETER_NAMES[strategy],
+                parameter,
+                context_mass,
+                contexts.shape[0],
             )
             plan.append((float(target), strategy, parameter, context_mass))
 

@@ -246,7 +246,9 @@ def _check_head(model: PreTrainedModel, head: OutputHead, sequence: list[int]) -
     mask = torch.ones_like(ids)
     expected = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()  # (1, T, V)
     got = head.logits(_last_hidden(_decoder(model), ids, mask)).float()
-    if expected.shape != got.shape or not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * (1 + expected.abs().max())):
+    if expected.shape != got.shape or not torch.allclose(
+        got, expected, rtol=1e-3, atol=1e-3 * (1 + expected.abs().max())
+    ):
         diff = (got - expected).abs().max().item() if expected.shape == got.shape else float("nan")
         raise IncompatibleCheckpointError(
             f"The logits of {type(model).__name__} are not `softcap(lm_head(last_hidden_state))` (max difference "
@@ -647,8 +649,10 @@ class ProbabilityEncodingReport:
             },
             # E[h_j^2] of the largest dimensions, as a share of E[|h|^2] (massive activations)
             "hidden_energy_share_top": {
-                f"top{k}": float(torch.topk(torch.diagonal(self.hidden_second_moment), min(k, self.hidden_size)).values.sum()
-                                 / torch.trace(self.hidden_second_moment))
+                f"top{k}": float(
+                    torch.topk(torch.diagonal(self.hidden_second_moment), min(k, self.hidden_size)).values.sum()
+                    / torch.trace(self.hidden_second_moment)
+                )
                 for k in (1, 5, 20)
             },
             "dimension_curve": self.dimension_curve.to_dict(),
@@ -956,7 +960,9 @@ def _removal_order(
         raise invalid_argument("ranking", ranking, f"one of {RANKINGS} or a tensor of per-dimension scores")
     if report is None:
         raise invalid_argument(
-            "report", None, f"a ProbabilityEncodingReport for ranking={ranking!r}",
+            "report",
+            None,
+            f"a ProbabilityEncodingReport for ranking={ranking!r}",
             "Run `probability_encoding(model, tokenizer, texts)` first, or use ranking='random'.",
         )
     return torch.argsort(report.saliency(ranking, basis), stable=True), components
@@ -1023,8 +1029,13 @@ def prune_output_dimensions(
     else:
         u = directions.to(device=weight.device)
         new = (weight.double() - (weight.double() @ u) @ u.T).to(weight.dtype)
-    details = {"fraction": fraction, "basis": basis, "removed": removed, "directions": directions,
-               "ranking": ranking if isinstance(ranking, str) else "custom"}
+    details = {
+        "fraction": fraction,
+        "basis": basis,
+        "removed": removed,
+        "directions": directions,
+        "ranking": ranking if isinstance(ranking, str) else "custom",
+    }
     return OutputEmbeddingEdit(model, new, kind="prune", details=details)
 
 
@@ -1040,7 +1051,9 @@ def _token_ids(token_ids: Any, vocab_size: int) -> list[int]:
     bad = [t for t in ids if not 0 <= t < vocab_size]
     if not ids or bad or len(set(ids)) != len(ids):
         raise invalid_argument(
-            "token_ids", token_ids, f"a non-empty list of distinct token ids in [0, {vocab_size})",
+            "token_ids",
+            token_ids,
+            f"a non-empty list of distinct token ids in [0, {vocab_size})",
             "Convert tokens with `tokenizer.convert_tokens_to_ids`.",
         )
     return ids
@@ -1095,7 +1108,9 @@ def steering_vector(
         raise invalid_argument("direction", direction, f"one of {DIRECTIONS} or a tensor")
     if report is None:
         raise invalid_argument(
-            "report", None, f"a ProbabilityEncodingReport for direction={direction!r}",
+            "report",
+            None,
+            f"a ProbabilityEncodingReport for direction={direction!r}",
             "Run `probability_encoding(model, tokenizer, texts)` first, or pass a direction tensor.",
         )
     if direction == "fitted":
@@ -1153,8 +1168,12 @@ def steer_token_probability(
     rows = torch.tensor(ids, device=weight.device)
     shift = (log_ratio.unsqueeze(-1) * u.unsqueeze(0)).to(device=weight.device)  # (K, d)
     new[rows] = (weight[rows].double() + shift).to(weight.dtype)
-    details = {"token_ids": ids, "ratio": log_ratio.exp(), "direction": direction if isinstance(direction, str) else
-               "custom", "vector": u}
+    details = {
+        "token_ids": ids,
+        "ratio": log_ratio.exp(),
+        "direction": direction if isinstance(direction, str) else "custom",
+        "vector": u,
+    }
     return OutputEmbeddingEdit(model, new, kind="steer", details=details)
 
 
@@ -1247,8 +1266,14 @@ def _pad_left(sequences: list[list[int]], pad: int, device: torch.device) -> tup
 def _greedy(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, pad: int) -> torch.Tensor:
     ids, mask = _pad_left(prompts, pad, _model_device(model))
     out = model.generate(
-        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
-        temperature=None, top_p=None, top_k=None,
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad,
+        temperature=None,
+        top_p=None,
+        top_k=None,
     )
     new = out[:, ids.shape[1] :].cpu()
     if new.shape[1] < max_new_tokens:  # every row stopped early
@@ -1330,8 +1355,14 @@ def pruning_curve(
         [`PruningCurve`].
     """
     curves = pruning_curves(
-        model, tokenizer, texts, held_out_texts, report=report, fractions=fractions,
-        rankings={"curve": (ranking, _check_basis(basis))}, **kwargs,
+        model,
+        tokenizer,
+        texts,
+        held_out_texts,
+        report=report,
+        fractions=fractions,
+        rankings={"curve": (ranking, _check_basis(basis))},
+        **kwargs,
     )
     return curves["curve"]
 
@@ -1345,7 +1376,12 @@ def pruning_curves(
     *,
     report: ProbabilityEncodingReport | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    rankings: Sequence[str] | Mapping[str, tuple[str | torch.Tensor, str]] = ("variance", "coefficient", "random", "pca"),
+    rankings: Sequence[str] | Mapping[str, tuple[str | torch.Tensor, str]] = (
+        "variance",
+        "coefficient",
+        "random",
+        "pca",
+    ),
     prompts: Texts | None = None,
     num_prompts: int = 8,
     prompt_length: int = 16,
@@ -1375,8 +1411,13 @@ def pruning_curves(
     if not fractions:
         raise invalid_argument("fractions", fractions, "a non-empty sequence of numbers in [0, 1)")
     specs = _pruning_specs(rankings)
-    for name, value in (("batch_size", batch_size), ("max_length", max_length), ("chunk_size", chunk_size),
-                        ("max_new_tokens", max_new_tokens), ("prompt_length", prompt_length)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("max_length", max_length),
+        ("chunk_size", chunk_size),
+        ("max_new_tokens", max_new_tokens),
+        ("prompt_length", prompt_length),
+    ):
         _check_int(value, name)
     _check_int(num_prompts, "num_prompts", low=0)
     head = output_head(model)
@@ -1613,7 +1654,10 @@ def steering_curve(
         raise invalid_argument("ratios", ratios, "a non-empty sequence of positive numbers")
     ratio_values = _ratios(ratios, len(ratios), "ratios").tolist()
     positions = _collect_positions(
-        model, _encode_texts(texts, tokenizer, max_length), batch_size=batch_size, progress=progress,
+        model,
+        _encode_texts(texts, tokenizer, max_length),
+        batch_size=batch_size,
+        progress=progress,
         desc="hidden (steering)",
     )
     h = positions.hidden  # (N, d)
@@ -1682,7 +1726,11 @@ def _save(fig, path: str | os.PathLike[str]) -> str:
 
 
 def plot_probability_pca(
-    report: ProbabilityEncodingReport, path: str | os.PathLike[str], *, max_points: int = 20000, seed: int = 0,
+    report: ProbabilityEncodingReport,
+    path: str | os.PathLike[str],
+    *,
+    max_points: int = 20000,
+    seed: int = 0,
     title: str | None = None,
 ) -> str:
     """Output embeddings on their first two principal components, coloured by the rank percentile of ᾱ_w (the
@@ -1701,8 +1749,9 @@ def plot_probability_pca(
     return _save(fig, path)
 
 
-def plot_dimension_curve(report: ProbabilityEncodingReport, path: str | os.PathLike[str], *, title: str | None = None
-                         ) -> str:
+def plot_dimension_curve(
+    report: ProbabilityEncodingReport, path: str | os.PathLike[str], *, title: str | None = None
+) -> str:
     """Held-out R² of the MLR vs the number of dimensions kept. Returns the path written."""
     curve = report.dimension_curve
     fig, (ax,) = _figure()
@@ -1725,7 +1774,10 @@ def plot_dimension_curve(report: ProbabilityEncodingReport, path: str | os.PathL
 
 
 def plot_pruning_curves(
-    curves: Mapping[str, PruningCurve], path: str | os.PathLike[str], *, split: str = "held_out",
+    curves: Mapping[str, PruningCurve],
+    path: str | os.PathLike[str],
+    *,
+    split: str = "held_out",
     title: str | None = None,
 ) -> str:
     """Mean JS, top-1 agreement and greedy agreement vs the fraction of dimensions removed, one line per curve."""
@@ -1734,8 +1786,9 @@ def plot_pruning_curves(
         xs = [p.fraction for p in curve.points]
         name = split if split in curve.points[0].metrics else next(iter(curve.points[0].metrics))
         removed = [p for p in curve.points if p.num_removed > 0]  # JS is 0 with nothing removed: off a log axis
-        axes[0].plot([p.fraction for p in removed], [max(p.metrics[name]["js"], 1e-12) for p in removed], marker="o",
-                     label=label)
+        axes[0].plot(
+            [p.fraction for p in removed], [max(p.metrics[name]["js"], 1e-12) for p in removed], marker="o", label=label
+        )
         axes[1].plot(xs, [p.metrics[name]["top1"] for p in curve.points], marker="o", label=label)
         if curve.points[0].greedy_agreement is not None:
             axes[2].plot(xs, [p.greedy_agreement for p in curve.points], marker="o", label=label)

@@ -18,7 +18,6 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 
 
-
 def _plot_file(model: str) -> str:
     """`distortion_<model>.png`, the model name (or directory name) reduced to safe characters."""
     slug = "".join(c if c.isalnum() or c in "-." else "-" for c in pathlib.Path(model).name.lower()).strip("-.")
@@ -49,7 +48,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "--model", default="smollm2-135m-instruct", help="Local model directory or offline model name (default: SmolLM2)."
+        "--model",
+        default="smollm2-135m-instruct",
+        help="Local model directory or offline model name (default: SmolLM2).",
     )
     parser.add_argument("--prompt", action="append", default=None, help="A prompt (repeatable; default: 4 built-in).")
     parser.add_argument(
@@ -63,7 +64,9 @@ def register(subparsers: Any) -> None:
         help=f"Strategies to compare (default: {' '.join(DEFAULT_STRATEGIES)}).",
     )
     parser.add_argument("--num-samples", type=int, default=32, help="Samples per strategy and target (default: 32).")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="Tokens per sample, EOS suppressed (default: 32).")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=32, help="Tokens per sample, EOS suppressed (default: 32)."
+    )
     parser.add_argument("--num-contexts", type=int, default=256, help="Contexts for the mass matching (default: 256).")
     parser.add_argument("--batch-size", type=int, default=32, help="Samples generated at once (default: 32).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of contexts and samples (default: 0).")
@@ -73,7 +76,9 @@ def register(subparsers: Any) -> None:
         default=None,
         help="Wrap prompts in the chat template (default: when the tokenizer has one).",
     )
-    parser.add_argument("--plot", metavar="DIR", default=None, help="Save the histograms as DIR/distortion_<model>.png.")
+    parser.add_argument(
+        "--plot", metavar="DIR", default=None, help="Save the histograms as DIR/distortion_<model>.png."
+    )
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
     parser.add_argument("--json", action="store_true", help="Print a JSON document instead of a table.")
     add_device_argument(parser)
@@ -128,17 +133,38 @@ def run_distortion(args: argparse.Namespace) -> int:
     )
     print("log eps = total distortion; ratio = |log eps(w) - log eps(v)| over pairs of the same prompt\n")
     header = (
-        "target", "strategy", "param", "mass(ctx)", "mass(smp)", "log eps", "std",
-        "ratio p10", "p50", "p90", "NLL/tok", "H/tok", "tok/s",
+        "target",
+        "strategy",
+        "param",
+        "mass(ctx)",
+        "mass(smp)",
+        "log eps",
+        "std",
+        "ratio p10",
+        "p50",
+        "p90",
+        "NLL/tok",
+        "H/tok",
+        "tok/s",
     )
     rows = []
     for row in comparison.table():
         parameter = int(row["parameter"]) if row["strategy"] == "top_k" else round(row["parameter"], 4)
         rows.append(
             (
-                row["target_mass"], row["strategy"], f"{row['parameter_name']}={parameter}", row["context_mass"],
-                row["sample_mass"], row["distortion_mean"], row["distortion_std"], row["log_ratio_p10"],
-                row["log_ratio_p50"], row["log_ratio_p90"], row["nll"], row["entropy"], row["tokens_per_second"],
+                row["target_mass"],
+                row["strategy"],
+                f"{row['parameter_name']}={parameter}",
+                row["context_mass"],
+                row["sample_mass"],
+                row["distortion_mean"],
+                row["distortion_std"],
+                row["log_ratio_p10"],
+                row["log_ratio_p50"],
+                row["log_ratio_p90"],
+                row["nll"],
+                row["entropy"],
+                row["tokens_per_second"],
             )
         )
     print(format_table(rows, header))

@@ -66,8 +66,9 @@ def format_study(study: dict[str, Any]) -> str:
         )
         lines.append(f"  {'T':>3} {'KL(p||q_T)':>12} {'E_M KL':>12} {'bound':>12} {'E[NFE]':>8}")
         expected = curve["expected_kl"] or ["-"] * len(curve["steps"])
-        for t, kl, e, b, nfe in zip(curve["steps"], curve["kl"], expected, curve["bound"], curve["expected_steps"],
-                                    strict=True):
+        for t, kl, e, b, nfe in zip(
+            curve["steps"], curve["kl"], expected, curve["bound"], curve["expected_steps"], strict=True
+        ):
             lines.append(f"  {t:>3} {_fmt(kl):>12} {_fmt(e):>12} {_fmt(b):>12} {nfe:>8.2f}")
     lines.append("checks: " + ", ".join(f"{k}={_fmt(v)}" for k, v in study["checks"].items()))
     return "\n".join(lines)

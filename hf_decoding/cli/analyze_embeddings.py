@@ -101,24 +101,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--model", default="smollm2-135m-instruct", help="local model directory or offline model name (see `hf-decoding env`)"
+        "--model",
+        default="smollm2-135m-instruct",
+        help="local model directory or offline model name (see `hf-decoding env`)",
     )
-    parser.add_argument("--texts", help="in-distribution text file, records split on %% lines or blank lines (unset: the fortunes records)")
+    parser.add_argument(
+        "--texts",
+        help="in-distribution text file, records split on %% lines or blank lines (unset: the fortunes records)",
+    )
     parser.add_argument("--held-out", help="held-out text file (unset: the Gutenberg text shipped by reasoning-gym)")
     parser.add_argument("--num-texts", type=int, default=300, help="in-distribution records for the MLR fit")
     parser.add_argument("--num-eval", type=int, default=50, help="records per split for the pruning/steering curves")
     parser.add_argument("--max-length", type=int, default=64, help="tokens per text")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--target", choices=("probability", "unigram"), default="probability")
-    parser.add_argument("--fractions", type=_floats, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-                        help="comma-separated fractions of dimensions to remove")
-    parser.add_argument("--rankings", default="variance,coefficient,random,pca",
-                        help=f"comma-separated pruning rankings: {', '.join(_RANKINGS)} (variance saliency in the PCA basis), or "
-                             "ranking:basis such as coefficient:pca")
-    parser.add_argument("--ratios", type=_floats, default=[1 / 20, 1 / 10, 1 / 5, 1 / 2, 1, 2, 5, 10, 20],
-                        help="comma-separated target ratios of the steering curve")
-    parser.add_argument("--directions", default="fitted,mean_hidden,least_squares",
-                        help="comma-separated steering directions")
+    parser.add_argument(
+        "--fractions",
+        type=_floats,
+        default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        help="comma-separated fractions of dimensions to remove",
+    )
+    parser.add_argument(
+        "--rankings",
+        default="variance,coefficient,random,pca",
+        help=f"comma-separated pruning rankings: {', '.join(_RANKINGS)} (variance saliency in the PCA basis), or "
+        "ranking:basis such as coefficient:pca",
+    )
+    parser.add_argument(
+        "--ratios",
+        type=_floats,
+        default=[1 / 20, 1 / 10, 1 / 5, 1 / 2, 1, 2, 5, 10, 20],
+        help="comma-separated target ratios of the steering curve",
+    )
+    parser.add_argument(
+        "--directions", default="fitted,mean_hidden,least_squares", help="comma-separated steering directions"
+    )
     parser.add_argument("--num-tokens", type=int, default=8, help="tokens steered")
     parser.add_argument("--num-prompts", type=int, default=8, help="prompts of the greedy-agreement check")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="greedy continuation length")
@@ -166,24 +183,48 @@ def run(args: argparse.Namespace) -> int:
 
         start = time.perf_counter()
         report = emb.probability_encoding(
-            model, tokenizer, fit_texts, target=args.target, batch_size=args.batch_size, max_length=args.max_length,
-            seed=args.seed, progress=progress,
+            model,
+            tokenizer,
+            fit_texts,
+            target=args.target,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            seed=args.seed,
+            progress=progress,
         )
         timings["probability_encoding"] = time.perf_counter() - start
 
         start = time.perf_counter()
         curves = emb.pruning_curves(
-            model, tokenizer, eval_texts, held_out, report=report, fractions=args.fractions, rankings=rankings,
-            num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-            max_length=args.max_length, seed=args.seed, progress=progress,
+            model,
+            tokenizer,
+            eval_texts,
+            held_out,
+            report=report,
+            fractions=args.fractions,
+            rankings=rankings,
+            num_prompts=args.num_prompts,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            seed=args.seed,
+            progress=progress,
         )
         timings["pruning_curves"] = time.perf_counter() - start
 
         start = time.perf_counter()
         directions = [d.strip() for d in args.directions.split(",") if d.strip()]
         steering = emb.steering_curve(
-            model, tokenizer, eval_texts + held_out, report=report, num_tokens=args.num_tokens, ratios=args.ratios,
-            directions=directions, batch_size=args.batch_size, max_length=args.max_length, progress=progress,
+            model,
+            tokenizer,
+            eval_texts + held_out,
+            report=report,
+            num_tokens=args.num_tokens,
+            ratios=args.ratios,
+            directions=directions,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            progress=progress,
         )
         timings["steering_curve"] = time.perf_counter() - start
     except (HfDecodingError, FileNotFoundError, ValueError) as err:
@@ -215,8 +256,9 @@ def _plots(emb: Any, args: argparse.Namespace, report: Any, curves: dict[str, An
         emb.plot_probability_pca(report, directory / f"embeddings_{stem}_pca.png", title=f"{args.model}: PCA of E"),
         emb.plot_dimension_curve(report, directory / f"embeddings_{stem}_r2.png", title=f"{args.model}: R² vs dims"),
         emb.plot_pruning_curves(curves, directory / f"embeddings_{stem}_pruning.png", title=f"{args.model}: pruning"),
-        emb.plot_steering_curve(steering, directory / f"embeddings_{stem}_steering.png",
-                                title=f"{args.model}: steering"),
+        emb.plot_steering_curve(
+            steering, directory / f"embeddings_{stem}_steering.png", title=f"{args.model}: steering"
+        ),
     ]
 
 
@@ -236,8 +278,13 @@ def _summary(result: dict[str, Any], steering: Any) -> str:
         "R² vs dims (k: coef / variance / PCs / random): "
         + ", ".join(
             f"{k}: {a:.2f}/{b:.2f}/{c:.2f}/{d:.2f}"
-            for k, a, b, c, d in zip(*(enc["dimension_curve"][key] for key in (
-                "num_dimensions", "top_coefficient", "top_variance", "top_components", "random_mean")), strict=True)
+            for k, a, b, c, d in zip(
+                *(
+                    enc["dimension_curve"][key]
+                    for key in ("num_dimensions", "top_coefficient", "top_variance", "top_components", "random_mean")
+                ),
+                strict=True,
+            )
         ),
         "pruning (largest fraction with mean JS ≤ 0.01 and top-1 ≥ 95% on both splits):",
     ]
@@ -251,11 +298,15 @@ def _summary(result: dict[str, Any], steering: Any) -> str:
                 f"{held['kl']:.4f}  top-1 "
                 f"{held['top1']:.3f}  ppl {held['perplexity']:.1f}  greedy {'-' if greedy is None else f'{greedy:.2f}'}"
             )
-    lines.append(f"steering ({len(steering.token_ids)} tokens; geometric-mean achieved ratio at r = "
-                 + ", ".join(f"{r:g}" for r in steering.ratios) + "):")
+    lines.append(
+        f"steering ({len(steering.token_ids)} tokens; geometric-mean achieved ratio at r = "
+        + ", ".join(f"{r:g}" for r in steering.ratios)
+        + "):"
+    )
     for method, summary in result["steering"]["summary"].items():
         lines.append(
-            f"  {method:<26} " + " ".join(f"{v:.3g}" for v in summary["geometric_mean_achieved"])
+            f"  {method:<26} "
+            + " ".join(f"{v:.3g}" for v in summary["geometric_mean_achieved"])
             + f"   mean |log err| {summary['mean_abs_log_error']:.3f}"
         )
     lines.append("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()))

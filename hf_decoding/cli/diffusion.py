@@ -24,20 +24,27 @@ def add_parser(subparsers: Any) -> None:
     commands = parser.add_subparsers(dest="diffusion_command", metavar="{train,eval,generate}")
 
     train = commands.add_parser(
-        "train", help="train the denoiser (accelerate-aware, tqdm progress); saves model + tokenizer",
+        "train",
+        help="train the denoiser (accelerate-aware, tqdm progress); saves model + tokenizer",
         description="Trains a BertForMaskedLM (or ModernBertForMaskedLM) with LLaDA's masked-diffusion loss on "
         "Debian fortunes (apt-get install fortunes). Every option is a DenoiserTrainingConfig field.",
     )
     for name, (default, help_text) in DenoiserTrainingConfig.field_help().items():
         kind = type(default) if default is not None else int
-        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=default,
-                           help=f"{help_text} (default: {default})".replace("%", "%%"))  # argparse formats help
+        train.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            default=default,
+            help=f"{help_text} (default: {default})".replace("%", "%%"),
+        )  # argparse formats help
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--json", action="store_true", help="print the summary as JSON")
     train.set_defaults(handler=run, help_parser=train)
 
     evaluate = commands.add_parser(
-        "eval", help="NFE-vs-quality table (teacher-forced policy NLL) and the mutual-information bound",
+        "eval",
+        help="NFE-vs-quality table (teacher-forced policy NLL) and the mutual-information bound",
     )
     evaluate.add_argument("--model", required=True, help="directory written by `diffusion train`")
     evaluate.add_argument("--prompt-length", type=int, default=32, help="prompt tokens of each held-out window")
@@ -124,9 +131,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         if row.get("unmasking") == "random" and steps:
             # Theorem 1 with the estimated mutual information, per token, in bits (eps_train unknown, taken as 0)
             row["theorem1_bound_bits_per_token"] = theorem1_prediction(mi["sum_bits"], gen_length, steps) / gen_length
-    result = {"model": args.model, "prompt_length": args.prompt_length, "gen_length": gen_length,
-              "windows": args.windows, "reference_nll_bits_per_token": reference, "table": table,
-              "mutual_information": mi, "training": {k: v for k, v in summary.items() if k != "config"}}
+    result = {
+        "model": args.model,
+        "prompt_length": args.prompt_length,
+        "gen_length": gen_length,
+        "windows": args.windows,
+        "reference_nll_bits_per_token": reference,
+        "table": table,
+        "mutual_information": mi,
+        "training": {k: v for k, v in summary.items() if k != "config"},
+    }
     if args.output:
         with open(args.output, "w") as handle:
             json.dump(result, handle, indent=1)
@@ -136,9 +150,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{'policy':<26} {'NLL bits/tok':>12} {'Δ vs T=G':>9} {'NFE':>7} {'speed-up':>8} {'Thm1 bound':>10}")
     for row in table:
         bound = row.get("theorem1_bound_bits_per_token")
-        print(f"{row['policy']:<26} {row['nll_bits_per_token']:>12.4f} {row['delta_nll_bits_per_token']:>9.4f} "
-              f"{row['forward_passes_per_sequence']:>7.2f} {row['speedup_vs_one_per_step']:>7.2f}x "
-              f"{'' if bound is None else f'{bound:.4f}':>10}")
+        print(
+            f"{row['policy']:<26} {row['nll_bits_per_token']:>12.4f} {row['delta_nll_bits_per_token']:>9.4f} "
+            f"{row['forward_passes_per_sequence']:>7.2f} {row['speedup_vs_one_per_step']:>7.2f}x "
+            f"{'' if bound is None else f'{bound:.4f}':>10}"
+        )
     print(f"sum_i I(X_i; X_-i | prompt) ~ {mi['sum_bits']:.2f} bits over {gen_length} positions")
     return 0
 
@@ -156,21 +172,34 @@ def _generate(args: argparse.Namespace) -> int:
     sampling = {"do_sample": True, "temperature": args.temperature, "top_k": 0} if args.temperature > 0 else {}
     with torch.no_grad():
         out = model.generate(
-            **inputs, gen_length=args.gen_length, diffusion_steps=args.diffusion_steps,
-            block_length=args.block_length, unmasking=args.unmasking, unmasking_threshold=args.unmasking_threshold,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=args.seed,
-            return_dict_in_generate=True, **sampling,
+            **inputs,
+            gen_length=args.gen_length,
+            diffusion_steps=args.diffusion_steps,
+            block_length=args.block_length,
+            unmasking=args.unmasking,
+            unmasking_threshold=args.unmasking_threshold,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            seed=args.seed,
+            return_dict_in_generate=True,
+            **sampling,
         )
-    texts = tokenizer.batch_decode(out.sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    record = {"prompts": prompts, "completions": texts, "forward_passes": out.cost.forward_passes,
-              "generated_tokens": out.cost.generated_tokens, "seconds": out.cost.seconds["total"]}
+    texts = tokenizer.batch_decode(out.sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    record = {
+        "prompts": prompts,
+        "completions": texts,
+        "forward_passes": out.cost.forward_passes,
+        "generated_tokens": out.cost.generated_tokens,
+        "seconds": out.cost.seconds["total"],
+    }
     if args.json:
         print(json.dumps(record))
         return 0
     for prompt, text in zip(prompts, texts, strict=True):
         print(f"{prompt}|{text}")
-    print(f"forward passes: {record['forward_passes']}, tokens: {record['generated_tokens']}, "
-          f"{record['seconds']:.2f} s")
+    print(
+        f"forward passes: {record['forward_passes']}, tokens: {record['generated_tokens']}, {record['seconds']:.2f} s"
+    )
     return 0
 
 

@@ -23,10 +23,14 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "--model", default="smollm2-135m-instruct", help="Local model directory or offline model name (default: SmolLM2)."
+        "--model",
+        default="smollm2-135m-instruct",
+        help="Local model directory or offline model name (default: SmolLM2).",
     )
     parser.add_argument("--prompt", action="append", required=True, help="A prompt; repeat for a batch.")
-    parser.add_argument("--decoding", default="sample", help="Decoding method (see `hf-decoding env`); default: sample.")
+    parser.add_argument(
+        "--decoding", default="sample", help="Decoding method (see `hf-decoding env`); default: sample."
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64, help="Tokens to generate (default: 64).")
     parser.add_argument(
         "--do-sample",

@@ -57,10 +57,23 @@ def tree_search(
 ) -> torch.LongTensor | DecodingOutput:
     """Beam search (`subtrees=False`) or DVTS (`subtrees=True`) over reasoning steps."""
     setup, _ = prepare(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        method=method, values={**values, "num_particles": num_particles}, defaults=SEARCH_DEFAULTS, preset=None,
-        reward_model=reward_model, require_reward=True, tokenizer=tokenizer, seed=seed, generator=generator,
-        reward_prompts=reward_prompts, answer_extractor=answer_extractor,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        method=method,
+        values={**values, "num_particles": num_particles},
+        defaults=SEARCH_DEFAULTS,
+        preset=None,
+        reward_model=reward_model,
+        require_reward=True,
+        tokenizer=tokenizer,
+        seed=seed,
+        generator=generator,
+        reward_prompts=reward_prompts,
+        answer_extractor=answer_extractor,
     )
     n = setup.options.num_particles
     width = option(generation_config, "beam_width", beam_width, 4)
@@ -68,14 +81,22 @@ def tree_search(
         raise invalid_argument("beam_width", width, "a positive integer")
     if n % width:
         raise invalid_argument(
-            "num_particles", n, f"a multiple of beam_width={width}", f"Use e.g. num_particles={width * max(1, n // width)}."
+            "num_particles",
+            n,
+            f"a multiple of beam_width={width}",
+            f"Use e.g. num_particles={width * max(1, n // width)}.",
         )
     policy = TopKPolicy(block_size=width, keep=1) if subtrees else TopKPolicy(block_size=n, beam_width=width)
     result, session, passes = run_sweep(setup, policy, n, progress=progress)
     selected = select_final(setup, result, setup.options.selection)
     return assemble_output(
-        result=result, selected=selected, generation_config=generation_config, meter=setup.meter, session=session,
-        forward_passes=1 + passes, generated_tokens=result.generated_tokens,
+        result=result,
+        selected=selected,
+        generation_config=generation_config,
+        meter=setup.meter,
+        session=session,
+        forward_passes=1 + passes,
+        generated_tokens=result.generated_tokens,
     )
 
 
@@ -117,13 +138,31 @@ def beam_search_prm(
         other arguments: as [`~hf_decoding.decoders.particle_filter`].
     """
     values = {
-        "score_mode": score_mode, "selection": selection, "on_reward_error": on_reward_error,
-        "step_delimiter": step_delimiter, "tokens_per_step": tokens_per_step, "max_steps": max_steps,
+        "score_mode": score_mode,
+        "selection": selection,
+        "on_reward_error": on_reward_error,
+        "step_delimiter": step_delimiter,
+        "tokens_per_step": tokens_per_step,
+        "max_steps": max_steps,
         "stop_pattern": stop_pattern,
     }
     return tree_search(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        method="beam_search_prm", subtrees=False, num_particles=num_particles, beam_width=beam_width,
-        reward_model=reward_model, values=values, tokenizer=tokenizer, seed=seed, generator=generator,
-        reward_prompts=reward_prompts, answer_extractor=answer_extractor, progress=progress,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        method="beam_search_prm",
+        subtrees=False,
+        num_particles=num_particles,
+        beam_width=beam_width,
+        reward_model=reward_model,
+        values=values,
+        tokenizer=tokenizer,
+        seed=seed,
+        generator=generator,
+        reward_prompts=reward_prompts,
+        answer_extractor=answer_extractor,
+        progress=progress,
     )

@@ -47,13 +47,32 @@ def best_of_n(
         on_reward_error, reward_prompts, seed, generator, tokenizer: as for `particle_filter`.
     """
     setup, result, session, passes = independent_samples(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        method="best_of_n", num_particles=num_particles, reward_model=reward_model, require_reward=True,
-        score_mode=score_mode, on_reward_error=on_reward_error, tokenizer=tokenizer, seed=seed, generator=generator,
-        reward_prompts=reward_prompts, answer_extractor=answer_extractor, stop_pattern=stop_pattern,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        method="best_of_n",
+        num_particles=num_particles,
+        reward_model=reward_model,
+        require_reward=True,
+        score_mode=score_mode,
+        on_reward_error=on_reward_error,
+        tokenizer=tokenizer,
+        seed=seed,
+        generator=generator,
+        reward_prompts=reward_prompts,
+        answer_extractor=answer_extractor,
+        stop_pattern=stop_pattern,
     )
     selected = select_final(setup, result, "argmax")
     return assemble_output(
-        result=result, selected=selected, generation_config=generation_config, meter=setup.meter, session=session,
-        forward_passes=passes, generated_tokens=result.generated_tokens,
+        result=result,
+        selected=selected,
+        generation_config=generation_config,
+        meter=setup.meter,
+        session=session,
+        forward_passes=passes,
+        generated_tokens=result.generated_tokens,
     )

@@ -92,7 +92,13 @@ def distortion_aware_nucleus(
         processors = logits_processor
     generator = make_generator(option(generation_config, "seed", seed, None), generator, input_ids.device)
     result, _ = sampling_loop(
-        model, input_ids, processors, stopping_criteria, generation_config, model_kwargs,
-        streamer=streamer, generator=generator,
+        model,
+        input_ids,
+        processors,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        streamer=streamer,
+        generator=generator,
     )
     return result

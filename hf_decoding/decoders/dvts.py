@@ -54,13 +54,31 @@ def dvts(
         other arguments: as [`~hf_decoding.decoders.beam_search_prm`].
     """
     values = {
-        "score_mode": score_mode, "selection": selection, "on_reward_error": on_reward_error,
-        "step_delimiter": step_delimiter, "tokens_per_step": tokens_per_step, "max_steps": max_steps,
+        "score_mode": score_mode,
+        "selection": selection,
+        "on_reward_error": on_reward_error,
+        "step_delimiter": step_delimiter,
+        "tokens_per_step": tokens_per_step,
+        "max_steps": max_steps,
         "stop_pattern": stop_pattern,
     }
     return tree_search(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        method="dvts", subtrees=True, num_particles=num_particles, beam_width=beam_width,
-        reward_model=reward_model, values=values, tokenizer=tokenizer, seed=seed, generator=generator,
-        reward_prompts=reward_prompts, answer_extractor=answer_extractor, progress=progress,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        method="dvts",
+        subtrees=True,
+        num_particles=num_particles,
+        beam_width=beam_width,
+        reward_model=reward_model,
+        values=values,
+        tokenizer=tokenizer,
+        seed=seed,
+        generator=generator,
+        reward_prompts=reward_prompts,
+        answer_extractor=answer_extractor,
+        progress=progress,
     )

@@ -35,8 +35,17 @@ _HANDLED_PROCESSORS = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarp
 _HANDLED_CRITERIA = (MaxLengthCriteria, EosTokenCriteria, MaxTimeCriteria)
 # Model kwargs prepared by `generate` for causal decoding that a bidirectional denoiser does not use.
 _IGNORED_MODEL_KWARGS = frozenset(
-    {"position_ids", "use_cache", "past_key_values", "cache_position", "logits_to_keep", "output_attentions",
-     "output_hidden_states", "return_dict", "inputs_tensor"}
+    {
+        "position_ids",
+        "use_cache",
+        "past_key_values",
+        "cache_position",
+        "logits_to_keep",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "inputs_tensor",
+    }
 )
 _ATTACHED_FLAG = "_hf_decoding_masked_generate"
 
@@ -131,7 +140,9 @@ def masked_diffusion(
 
     if steps is not None and diffusion_steps is not None and steps != diffusion_steps:
         raise invalid_argument(
-            "steps", steps, f"equal to diffusion_steps={diffusion_steps} when both are given",
+            "steps",
+            steps,
+            f"equal to diffusion_steps={diffusion_steps} when both are given",
             "`steps` is LLaDA's name for `diffusion_steps`: pass only one of them.",
         )
     call_steps = diffusion_steps if diffusion_steps is not None else steps
@@ -252,7 +263,9 @@ def attach_masked_diffusion_generate(model: Any) -> Any:
         return model
     if hasattr(model, "generate"):
         raise invalid_argument(
-            "model", type(model).__name__, "a model without its own `generate`",
+            "model",
+            type(model).__name__,
+            "a model without its own `generate`",
             "It already has one: use hf_decoding.enable(model) and decoding='masked_diffusion'.",
         )
     if getattr(model, "generation_config", None) is None:
@@ -276,7 +289,9 @@ def attach_masked_diffusion_generate(model: Any) -> Any:
         name = type(self).__name__
         if decoding is not None and decoding != "masked_diffusion":
             raise invalid_argument(
-                "decoding", decoding, f"'masked_diffusion' for {name} (a masked LM without a causal `generate`)",
+                "decoding",
+                decoding,
+                f"'masked_diffusion' for {name} (a masked LM without a causal `generate`)",
                 f"Other decoding methods need a causal LM (AutoModelForCausalLM); {name} fills masks in parallel.",
             )
         decoder = masked_diffusion
@@ -284,7 +299,8 @@ def attach_masked_diffusion_generate(model: Any) -> Any:
             target = custom_generate.func if isinstance(custom_generate, functools.partial) else custom_generate
             if not getattr(target, "supports_masked_lm", False):
                 raise invalid_argument(
-                    "decoding", getattr(target, "__name__", target),
+                    "decoding",
+                    getattr(target, "__name__", target),
                     f"'masked_diffusion' for {name} (a masked LM without a causal `generate`)",
                     "Other decoding methods need a causal LM (AutoModelForCausalLM); "
                     "use decoding='masked_diffusion' here.",

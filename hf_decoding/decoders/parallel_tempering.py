@@ -108,17 +108,38 @@ def parallel_tempering(
         As `particle_filter`; `.particles` holds the coldest chain's last iteration, `.cost` everything.
     """
     values = {
-        "num_particles": num_particles, "score_mode": score_mode, "weight_transform": weight_transform,
-        "weight_update": weight_update, "resampling": resampling, "ess_threshold": ess_threshold,
-        "finished_particles": finished_particles, "selection": selection, "on_reward_error": on_reward_error,
-        "step_delimiter": step_delimiter, "tokens_per_step": tokens_per_step, "max_steps": max_steps,
+        "num_particles": num_particles,
+        "score_mode": score_mode,
+        "weight_transform": weight_transform,
+        "weight_update": weight_update,
+        "resampling": resampling,
+        "ess_threshold": ess_threshold,
+        "finished_particles": finished_particles,
+        "selection": selection,
+        "on_reward_error": on_reward_error,
+        "step_delimiter": step_delimiter,
+        "tokens_per_step": tokens_per_step,
+        "max_steps": max_steps,
         "stop_pattern": stop_pattern,
     }
     setup, _ = prepare(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        method="parallel_tempering", values=values, defaults=PARTICLE_FILTER_DEFAULTS, preset=preset,
-        reward_model=reward_model, require_reward=True, tokenizer=tokenizer, seed=seed, generator=generator,
-        reward_prompts=reward_prompts, answer_extractor=answer_extractor,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        method="parallel_tempering",
+        values=values,
+        defaults=PARTICLE_FILTER_DEFAULTS,
+        preset=preset,
+        reward_model=reward_model,
+        require_reward=True,
+        tokenizer=tokenizer,
+        seed=seed,
+        generator=generator,
+        reward_prompts=reward_prompts,
+        answer_extractor=answer_extractor,
     )
     iterations = _positive_int("num_iterations", option(generation_config, "num_iterations", num_iterations, 2))
     ladder = list(option(generation_config, "temperature_ladder", temperature_ladder, (1.0, 2.0, 4.0)))
@@ -135,16 +156,26 @@ def parallel_tempering(
     forward_passes, generated, calls, tokens, swaps = 1, 0, 0, 0, 0
     for _ in range(iterations):
         result, session, passes = run_sweep(
-            setup, policy, options.num_particles, copies=chains, references=references,
-            temperatures=temperatures, keep_steps=True, progress=progress, reuse_prefill=True,
+            setup,
+            policy,
+            options.num_particles,
+            copies=chains,
+            references=references,
+            temperatures=temperatures,
+            keep_steps=True,
+            progress=progress,
+            reuse_prefill=True,
         )
         forward_passes += passes
         generated += result.generated_tokens
         calls += session.calls
         tokens += session.tokens
         references, accepted = swap_references(
-            draw_references(result, setup.generator), ladder, options.weight_transform,
-            options.weight_update == "twisted", setup.generator,
+            draw_references(result, setup.generator),
+            ladder,
+            options.weight_transform,
+            options.weight_update == "twisted",
+            setup.generator,
         )
         swaps += accepted
     session.calls, session.tokens = calls, tokens
@@ -152,8 +183,13 @@ def parallel_tempering(
     selected = select_final(setup, result, options.selection)
     setup.meter.seconds["swaps_accepted"] = float(swaps)
     return assemble_output(
-        result=result, selected=selected, generation_config=generation_config, meter=setup.meter, session=session,
-        forward_passes=forward_passes, generated_tokens=generated,
+        result=result,
+        selected=selected,
+        generation_config=generation_config,
+        meter=setup.meter,
+        session=session,
+        forward_passes=forward_passes,
+        generated_tokens=generated,
     )
 
 

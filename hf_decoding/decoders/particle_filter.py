@@ -106,17 +106,39 @@ def particle_filter(
         [`~hf_decoding.DecodingOutput`] with `.particles` and `.cost` when `return_dict_in_generate=True`.
     """
     values = {
-        "num_particles": num_particles, "score_mode": score_mode, "weight_transform": weight_transform,
-        "softmax_temperature": softmax_temperature, "weight_update": weight_update, "resampling": resampling,
-        "ess_threshold": ess_threshold, "finished_particles": finished_particles, "selection": selection,
-        "on_reward_error": on_reward_error, "step_delimiter": step_delimiter, "tokens_per_step": tokens_per_step,
-        "max_steps": max_steps, "stop_pattern": stop_pattern,
+        "num_particles": num_particles,
+        "score_mode": score_mode,
+        "weight_transform": weight_transform,
+        "softmax_temperature": softmax_temperature,
+        "weight_update": weight_update,
+        "resampling": resampling,
+        "ess_threshold": ess_threshold,
+        "finished_particles": finished_particles,
+        "selection": selection,
+        "on_reward_error": on_reward_error,
+        "step_delimiter": step_delimiter,
+        "tokens_per_step": tokens_per_step,
+        "max_steps": max_steps,
+        "stop_pattern": stop_pattern,
     }
     setup, _ = prepare(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        method="particle_filter", values=values, defaults=PARTICLE_FILTER_DEFAULTS, preset=preset,
-        reward_model=reward_model, require_reward=True, tokenizer=tokenizer, seed=seed, generator=generator,
-        reward_prompts=reward_prompts, answer_extractor=answer_extractor,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        method="particle_filter",
+        values=values,
+        defaults=PARTICLE_FILTER_DEFAULTS,
+        preset=preset,
+        reward_model=reward_model,
+        require_reward=True,
+        tokenizer=tokenizer,
+        seed=seed,
+        generator=generator,
+        reward_prompts=reward_prompts,
+        answer_extractor=answer_extractor,
     )
     options = setup.options
     batch = setup.new_batch(options.num_particles, reuse=False)
@@ -126,6 +148,11 @@ def particle_filter(
     result = sweep.run()
     selected = select_final(setup, result, options.selection)
     return assemble_output(
-        result=result, selected=selected, generation_config=generation_config, meter=setup.meter, session=session,
-        forward_passes=1 + batch.forward_passes, generated_tokens=result.generated_tokens,
+        result=result,
+        selected=selected,
+        generation_config=generation_config,
+        meter=setup.meter,
+        session=session,
+        forward_passes=1 + batch.forward_passes,
+        generated_tokens=result.generated_tokens,
     )

@@ -101,17 +101,39 @@ def particle_gibbs(
         `.cost` the compute of all iterations.
     """
     values = {
-        "num_particles": num_particles, "score_mode": score_mode, "weight_transform": weight_transform,
-        "softmax_temperature": softmax_temperature, "weight_update": weight_update, "resampling": resampling,
-        "ess_threshold": ess_threshold, "finished_particles": finished_particles, "selection": selection,
-        "on_reward_error": on_reward_error, "step_delimiter": step_delimiter, "tokens_per_step": tokens_per_step,
-        "max_steps": max_steps, "stop_pattern": stop_pattern,
+        "num_particles": num_particles,
+        "score_mode": score_mode,
+        "weight_transform": weight_transform,
+        "softmax_temperature": softmax_temperature,
+        "weight_update": weight_update,
+        "resampling": resampling,
+        "ess_threshold": ess_threshold,
+        "finished_particles": finished_particles,
+        "selection": selection,
+        "on_reward_error": on_reward_error,
+        "step_delimiter": step_delimiter,
+        "tokens_per_step": tokens_per_step,
+        "max_steps": max_steps,
+        "stop_pattern": stop_pattern,
     }
     setup, _ = prepare(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        method="particle_gibbs", values=values, defaults=PARTICLE_FILTER_DEFAULTS, preset=preset,
-        reward_model=reward_model, require_reward=True, tokenizer=tokenizer, seed=seed, generator=generator,
-        reward_prompts=reward_prompts, answer_extractor=answer_extractor,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        method="particle_gibbs",
+        values=values,
+        defaults=PARTICLE_FILTER_DEFAULTS,
+        preset=preset,
+        reward_model=reward_model,
+        require_reward=True,
+        tokenizer=tokenizer,
+        seed=seed,
+        generator=generator,
+        reward_prompts=reward_prompts,
+        answer_extractor=answer_extractor,
     )
     iterations = _positive_int("num_iterations", option(generation_config, "num_iterations", num_iterations, 4))
     chains = _positive_int("num_chains", option(generation_config, "num_chains", num_chains, 1))
@@ -121,8 +143,14 @@ def particle_gibbs(
     forward_passes, generated, calls, tokens = 1, 0, 0, 0
     for _ in range(iterations):
         result, session, passes = run_sweep(
-            setup, policy, options.num_particles, copies=chains, references=references, keep_steps=True,
-            progress=progress, reuse_prefill=True,
+            setup,
+            policy,
+            options.num_particles,
+            copies=chains,
+            references=references,
+            keep_steps=True,
+            progress=progress,
+            reuse_prefill=True,
         )
         forward_passes += passes
         generated += result.generated_tokens
@@ -133,6 +161,11 @@ def particle_gibbs(
     result = merge_groups(result, chains)
     selected = select_final(setup, result, options.selection)
     return assemble_output(
-        result=result, selected=selected, generation_config=generation_config, meter=setup.meter, session=session,
-        forward_passes=forward_passes, generated_tokens=generated,
+        result=result,
+        selected=selected,
+        generation_config=generation_config,
+        meter=setup.meter,
+        session=session,
+        forward_passes=forward_passes,
+        generated_tokens=generated,
     )

@@ -37,7 +37,13 @@ def sample(
     """
     generator = make_generator(option(generation_config, "seed", seed, None), generator, input_ids.device)
     result, _ = sampling_loop(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        streamer=streamer, generator=generator,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        streamer=streamer,
+        generator=generator,
     )
     return result

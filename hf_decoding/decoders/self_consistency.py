@@ -50,10 +50,24 @@ def self_consistency(
             "`self_consistency` votes on answers read from text: pass `tokenizer=tokenizer` to `generate`."
         )
     setup, result, session, passes = independent_samples(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        method="self_consistency", num_particles=num_particles, reward_model=reward_model, require_reward=False,
-        score_mode=None, on_reward_error=None, tokenizer=tokenizer, seed=seed, generator=generator,
-        reward_prompts=None, answer_extractor=answer_extractor, stop_pattern=stop_pattern,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        method="self_consistency",
+        num_particles=num_particles,
+        reward_model=reward_model,
+        require_reward=False,
+        score_mode=None,
+        on_reward_error=None,
+        tokenizer=tokenizer,
+        seed=seed,
+        generator=generator,
+        reward_prompts=None,
+        answer_extractor=answer_extractor,
+        stop_pattern=stop_pattern,
     )
     with setup.meter.phase("selection"):
         answers = setup.answers(result)
@@ -64,6 +78,11 @@ def self_consistency(
             selected.append(max(members, key=lambda i: (result.scores[b, i].item(), -i)))
         selected = torch.tensor(selected, dtype=torch.long, device=result.scores.device)
     return assemble_output(
-        result=result, selected=selected, generation_config=generation_config, meter=setup.meter, session=session,
-        forward_passes=passes, generated_tokens=result.generated_tokens,
+        result=result,
+        selected=selected,
+        generation_config=generation_config,
+        meter=setup.meter,
+        session=session,
+        forward_passes=passes,
+        generated_tokens=result.generated_tokens,
     )

@@ -48,10 +48,24 @@ def weighted_best_of_n(
         other arguments: as [`~hf_decoding.decoders.best_of_n`].
     """
     setup, result, session, passes = independent_samples(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        method="weighted_best_of_n", num_particles=num_particles, reward_model=reward_model, require_reward=True,
-        score_mode=score_mode, on_reward_error=on_reward_error, tokenizer=tokenizer, seed=seed, generator=generator,
-        reward_prompts=reward_prompts, answer_extractor=answer_extractor, stop_pattern=stop_pattern,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        method="weighted_best_of_n",
+        num_particles=num_particles,
+        reward_model=reward_model,
+        require_reward=True,
+        score_mode=score_mode,
+        on_reward_error=on_reward_error,
+        tokenizer=tokenizer,
+        seed=seed,
+        generator=generator,
+        reward_prompts=reward_prompts,
+        answer_extractor=answer_extractor,
+        stop_pattern=stop_pattern,
     )
     with setup.meter.phase("selection"):
         answers = setup.answers(result)
@@ -63,6 +77,11 @@ def weighted_best_of_n(
             selected.append(max(members, key=lambda i: (result.scores[b, i].item(), -i)))
         selected = torch.tensor(selected, dtype=torch.long, device=result.scores.device)
     return assemble_output(
-        result=result, selected=selected, generation_config=generation_config, meter=setup.meter, session=session,
-        forward_passes=passes, generated_tokens=result.generated_tokens,
+        result=result,
+        selected=selected,
+        generation_config=generation_config,
+        meter=setup.meter,
+        session=session,
+        forward_passes=passes,
+        generated_tokens=result.generated_tokens,
     )

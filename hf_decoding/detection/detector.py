@@ -12,7 +12,8 @@ forward pass of the scoring model over `prefix + text` (only the text's tokens a
 | `"distortion"` | the same log-likelihood ratio for temperature *and* truncation samplers: a token outside the kept set of top-k/top-p/min-p is (almost) impossible under the sampler, a kept token gains `(1/tau - 1) log p(w_t) - log Z_theta(c_t)`; the unknown setting `theta = (tau, k, p, min_p)` is maximised (`aggregate="max"`) or marginalised with a uniform prior (`aggregate="marginal"`) over a grid |
 
 Texts are scored on their own (a start token as the only context) or after a prefix (`prefixes=`); the prefix is
-never scored. Texts are right-padded, so scores do not depend on which other texts share a batch (up to float
+never scored. A prefix string starts with the tokens the tokenizer puts before any text (the BOS token of Gemma or
+Llama tokenizers, nothing for SmolLM2), so the model sees the context it was trained on. Texts are right-padded, so scores do not depend on which other texts share a batch (up to float
 rounding).
 
 ```python
@@ -47,6 +48,7 @@ __all__ = [
     "EmptyTextError",
     "TextTooShortError",
     "TokenizerMismatchError",
+    "leading_special_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,21 @@ logger = logging.getLogger(__name__)
 #: Detection methods, in the order tables list them.
 METHODS: tuple[str, ...] = ("temptest", "distortion", "fast_detectgpt", "loglik", "logrank")
 _AGGREGATES = ("max", "marginal")
+
+
+def leading_special_ids(tokenizer: Any) -> list[int]:
+    """The special tokens `tokenizer` puts before any text by default (`[bos]` for Gemma or Llama, `[]` for GPT-2).
+
+    Found by tokenizing a probe with and without special tokens; `[]` when the plain tokens are not a contiguous part
+    of the tokenized probe.
+    """
+    probe = "a"
+    full = list(tokenizer(probe)["input_ids"])
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []
 
 
 def _check_method(method: str) -> str:
@@ -135,6 +152,7 @@ class Detector:
                     f"{self.vocab_size}. Pass the tokenizer that was saved with this model."
                 )
         self.last_settings: list[SamplerSetting] | None = None
+        self._lead = leading_special_ids(tokenizer) if tokenizer is not None else []
 
     # ------------------------------------------------------------------------------------------------------------
     # Encoding
@@ -162,7 +180,9 @@ class Detector:
     def encode(
         self, texts: Sequence[str], prefixes: Sequence[str] | None = None
     ) -> tuple[list[list[int]], list[list[int]] | None]:
-        """Tokenizes texts (and prefixes) without special tokens; raises the typed errors for bad texts.
+        """Tokenizes texts without special tokens, and prefixes after the tokenizer's leading special tokens (BOS).
+
+        Raises the typed errors for bad texts.
 
         Returns:
             `(token_ids, prefix_ids)`; `prefix_ids` is `None` when `prefixes` is.
@@ -179,7 +199,9 @@ class Detector:
             if isinstance(text, str) and not text.strip():
                 raise EmptyTextError(f"`texts[{i}]` is empty ({text!r}). Remove empty texts before scoring.")
             ids.append(self._encode(text, i, "texts"))
-        prefix_ids = None if prefixes is None else [self._encode(p, i, "prefixes") for i, p in enumerate(prefixes)]
+        prefix_ids = (
+            None if prefixes is None else [self._lead + self._encode(p, i, "prefixes") for i, p in enumerate(prefixes)]
+        )
         return ids, prefix_ids
 
     # ------------------------------------------------------------------------------------------------------------

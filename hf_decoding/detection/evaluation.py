@@ -4,7 +4,8 @@ Protocol ([`evaluate_detection`]):
 
 1. each human text is tokenized; texts with fewer than `prefix_tokens + max(lengths)` tokens are dropped; the first
    `prefix_tokens` tokens are the shared prefix, the next `max(lengths)` tokens the human continuation;
-2. the model continues every prefix under each generator setting (`decoding="sample"`, exactly `max(lengths)` new
+2. the model continues every prefix, after the tokenizer's leading special tokens (the BOS token of Gemma or Llama
+   tokenizers, without which such models produce degenerate text), under each generator setting (`decoding="sample"`, exactly `max(lengths)` new
    tokens, EOS suppressed, one seeded `torch.Generator`);
 3. human and machine continuations are decoded to text and scored *as text* (re-tokenized, as a detector in the wild
    would see them), conditioned on the prefix text, with [`Detector.score_ids_by_length`] at every length;
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import invalid_argument
-from .detector import METHODS, Detector
+from .detector import METHODS, Detector, leading_special_ids
 from .metrics import auroc, roc_curve
 
 __all__ = [
@@ -197,6 +198,7 @@ def evaluate_detection(
     enable(model)
     device = next(model.parameters()).device
     prefix_text = [tokenizer.decode(p) for p in prefixes]
+    lead = leading_special_ids(tokenizer)
     timings: dict[str, float] = {"generate": 0.0, "score": 0.0}
     generator = torch.Generator(device=device).manual_seed(seed)
     eos = getattr(model.generation_config, "eos_token_id", None)
@@ -219,7 +221,7 @@ def evaluate_detection(
         start = time.perf_counter()
         batches = range(0, len(prefixes), batch_size)
         for begin in tqdm(batches, desc=f"generate {name}", disable=not progress):
-            input_ids = torch.tensor(prefixes[begin : begin + batch_size], device=device)
+            input_ids = torch.tensor([lead + p for p in prefixes[begin : begin + batch_size]], device=device)
             with torch.no_grad():
                 out = model.generate(
                     input_ids=input_ids,

@@ -116,8 +116,13 @@ def policy_nll(
                 )
                 scores = position_scores(unmasking, candidates, generator, "max_prob")
                 n_commit = commit_counts(
-                    unmasking, candidates, masked, scheduled, threshold=unmasking_threshold,
-                    entropy_bound=unmasking_entropy_bound, confidence="max_prob",
+                    unmasking,
+                    candidates,
+                    masked,
+                    scheduled,
+                    threshold=unmasking_threshold,
+                    entropy_bound=unmasking_entropy_bound,
+                    confidence="max_prob",
                 )
                 chosen = select_positions(scores, masked, n_commit)  # (b, N)
                 total_logp += float(torch.log(candidates.confidence.clamp_min(1e-30))[chosen].sum())
@@ -213,8 +218,9 @@ def default_policies(gen_length: int) -> list[tuple[str, dict[str, Any]]]:
     for tau in (0.95, 0.9, 0.8, 0.7, 0.5):
         policies.append((f"threshold tau={tau}", {"unmasking": "threshold", "unmasking_threshold": tau}))
     for gamma in (0.1, 0.3, 1.0):
-        policies.append((f"entropy_bound gamma={gamma}", {"unmasking": "entropy_bound",
-                                                          "unmasking_entropy_bound": gamma}))
+        policies.append(
+            (f"entropy_bound gamma={gamma}", {"unmasking": "entropy_bound", "unmasking_entropy_bound": gamma})
+        )
     return policies
 
 
@@ -235,8 +241,9 @@ def nfe_quality_table(
     for label, kwargs in tqdm(policies, desc="policies", disable=not progress):
         result = policy_nll(model, windows, prompt_length, seed=seed, **kwargs)
         rows.append({"policy": label, **kwargs, **result})
-    reference = next((r for r in rows if r.get("unmasking") == "random" and r.get("diffusion_steps") == gen_length),
-                     rows[0])
+    reference = next(
+        (r for r in rows if r.get("unmasking") == "random" and r.get("diffusion_steps") == gen_length), rows[0]
+    )
     for row in rows:
         row["delta_nll_bits_per_token"] = row["nll_bits_per_token"] - reference["nll_bits_per_token"]
         row["speedup_vs_one_per_step"] = gen_length / row["forward_passes_per_sequence"]

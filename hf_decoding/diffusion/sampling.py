@@ -83,7 +83,9 @@ def masked_diffusion_sample(
     gen_length, block_length = config.gen_length, config.block_length
     if adapter.logits_shift and prompt_length == 0:
         raise invalid_argument(
-            "input_ids", tuple(input_ids.shape), "a prompt of at least one token when logits are shifted",
+            "input_ids",
+            tuple(input_ids.shape),
+            "a prompt of at least one token when logits are shifted",
             "Dream-style models predict token i from output i - 1; start from a BOS token.",
         )
     if attention_mask is None:
@@ -148,7 +150,9 @@ def masked_diffusion_sample(
             generated = x[:, prompt_length:]  # (B, G)
             is_eos = torch.isin(generated, eos) & (positions < end - prompt_length)
             has_eos = is_eos.any(-1)  # (B,)
-            first = torch.where(has_eos, is_eos.long().argmax(-1), torch.full_like(has_eos, gen_length, dtype=torch.long))
+            first = torch.where(
+                has_eos, is_eos.long().argmax(-1), torch.full_like(has_eos, gen_length, dtype=torch.long)
+            )
             after = positions[None] > first[:, None]  # (B, G)
             x[:, prompt_length:] = torch.where(after, torch.full_like(generated, fill_id), generated)
         if streamer is not None:

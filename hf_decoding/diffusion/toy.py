@@ -99,9 +99,7 @@ def markov_chain_joint(length: int = 8, vocab_size: int = 3, dependence: float =
     probs = np.full((vocab_size,), 1.0 / vocab_size)
     for _ in range(length - 1):
         probs = probs[..., None] * transition[(None,) * (probs.ndim - 1)]  # (V,)*t x V
-    return EnumeratedJoint(
-        probs, name=f"markov(a={dependence:g})", params={"kind": "markov", "dependence": dependence}
-    )
+    return EnumeratedJoint(probs, name=f"markov(a={dependence:g})", params={"kind": "markov", "dependence": dependence})
 
 
 def hidden_markov_joint(

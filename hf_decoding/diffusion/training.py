@@ -29,8 +29,14 @@ import torch
 from ..errors import invalid_argument
 from .text import DEFAULT_FORTUNES_DIR, build_char_tokenizer, encode_stream, load_fortunes, split_records, text_windows
 
-__all__ = ["DenoiserTrainingConfig", "build_denoiser", "heldout_windows", "masked_diffusion_loss", "masked_nelbo",
-           "train_denoiser"]
+__all__ = [
+    "DenoiserTrainingConfig",
+    "build_denoiser",
+    "heldout_windows",
+    "masked_diffusion_loss",
+    "masked_nelbo",
+    "train_denoiser",
+]
 
 logger = logging.getLogger(__name__)
 _LN2 = math.log(2.0)
@@ -48,7 +54,8 @@ class DenoiserTrainingConfig:
     num_heads: int = field(default=4, metadata={"help": "attention heads"})
     intermediate_size: int = field(default=640, metadata={"help": "MLP width (ModernBERT's is gated: 2x the weights)"})
     local_attention: int = field(
-        default=16, metadata={"help": "modernbert: sliding-window width of the local layers (locality is learnt faster)"}
+        default=16,
+        metadata={"help": "modernbert: sliding-window width of the local layers (locality is learnt faster)"},
     )
     global_every: int = field(default=2, metadata={"help": "modernbert: every n-th layer (from the first) is global"})
     seq_length: int = field(default=96, metadata={"help": "training window in characters (prompt + generation)"})
@@ -74,8 +81,18 @@ class DenoiserTrainingConfig:
     def __post_init__(self) -> None:
         if self.architecture not in ("bert", "modernbert"):
             raise invalid_argument("architecture", self.architecture, "'bert' or 'modernbert'")
-        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "seq_length", "batch_size",
-                     "max_steps", "eval_windows", "local_attention", "global_every"):
+        for name in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "seq_length",
+            "batch_size",
+            "max_steps",
+            "eval_windows",
+            "local_attention",
+            "global_every",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise invalid_argument(name, value, "a positive integer")
@@ -117,8 +134,11 @@ def build_denoiser(tokenizer: Any, config: DenoiserTrainingConfig) -> torch.nn.M
             from transformers import ModernBertConfig, ModernBertForMaskedLM
 
             model_config = ModernBertConfig(
-                **common, bos_token_id=tokenizer.eos_token_id, cls_token_id=tokenizer.eos_token_id,
-                sep_token_id=tokenizer.eos_token_id, global_attn_every_n_layers=config.global_every,
+                **common,
+                bos_token_id=tokenizer.eos_token_id,
+                cls_token_id=tokenizer.eos_token_id,
+                sep_token_id=tokenizer.eos_token_id,
+                global_attn_every_n_layers=config.global_every,
                 local_attention=config.local_attention,
             )
             model = ModernBertForMaskedLM(model_config)
@@ -180,7 +200,11 @@ def masked_diffusion_loss(
 
 @torch.no_grad()
 def masked_nelbo(
-    model: torch.nn.Module, windows: torch.LongTensor, mask_token_id: int, seed: int = 1234, batch_size: int = 64,
+    model: torch.nn.Module,
+    windows: torch.LongTensor,
+    mask_token_id: int,
+    seed: int = 1234,
+    batch_size: int = 64,
     repeats: int = 4,
 ) -> float:
     """Held-out masked NLL: the negative ELBO in bits per token, averaged over `repeats` seeded maskings."""
@@ -239,10 +263,15 @@ def train_denoiser(config: DenoiserTrainingConfig, progress: bool = True) -> dic
     eval_windows = text_windows(encode_stream(heldout_records, tokenizer), config.seq_length, config.eval_windows)
     model = build_denoiser(tokenizer, config)
     parameters = sum(p.numel() for p in model.parameters())
-    logger.info("denoiser: %s, %.2fM parameters, %d training tokens", config.architecture, parameters / 1e6,
-                train_stream.numel())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  betas=(0.9, 0.98))
+    logger.info(
+        "denoiser: %s, %.2fM parameters, %d training tokens",
+        config.architecture,
+        parameters / 1e6,
+        train_stream.numel(),
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.98)
+    )
     if accelerator is not None:
         model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
@@ -259,7 +288,12 @@ def train_denoiser(config: DenoiserTrainingConfig, progress: bool = True) -> dic
         starts = torch.randint(0, last_start, (config.batch_size,), generator=generator)  # (B,)
         batch = torch.stack([train_stream[s : s + config.seq_length] for s in starts.tolist()]).to(device)
         loss, _ = masked_diffusion_loss(
-            model, batch, tokenizer.mask_token_id, mask_generator, config.mask_eps, config.prefix_fraction,
+            model,
+            batch,
+            tokenizer.mask_token_id,
+            mask_generator,
+            config.mask_eps,
+            config.prefix_fraction,
             weighting=config.loss_weighting,
         )
         if accelerator is not None:

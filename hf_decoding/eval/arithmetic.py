@@ -16,7 +16,7 @@ import torch
 
 __all__ = ["INSTRUCTION", "Problem", "make_problems", "problem_inputs"]
 
-INSTRUCTION = "Solve it step by step, showing each calculation, and end with \"The answer is\" followed by the number."
+INSTRUCTION = 'Solve it step by step, showing each calculation, and end with "The answer is" followed by the number.'
 
 _NAMES = ["Tom", "Ana", "Liam", "Mia", "Noah", "Zoe", "Omar", "Ivy"]
 _ONE_STEP = [
@@ -28,18 +28,30 @@ _ONE_STEP = [
     ("{name} buys {a} bags with {b} candies each. How many candies does {name} have?", lambda a, b: a * b, "*"),
 ]
 _TWO_STEP = [
-    ("{name} has {a} apples. {name} buys {b} more and eats {c}. How many apples does {name} have now?",
-     lambda a, b, c: a + b - c),
-    ("A baker makes {a} trays of {b} cookies and sells {c} cookies. How many cookies are left?",
-     lambda a, b, c: a * b - c),
-    ("{name} has {a} dollars, spends {b} dollars on lunch and {c} dollars on a book. How many dollars are left?",
-     lambda a, b, c: a - b - c),
-    ("There are {a} rows of {b} chairs and {c} more chairs by the door. How many chairs are there?",
-     lambda a, b, c: a * b + c),
-    ("{name} reads {a} pages a day for {b} days, then {c} pages more. How many pages did {name} read?",
-     lambda a, b, c: a * b + c),
-    ("A box holds {a} pens. {name} adds {b} pens and then gives away {c}. How many pens are in the box?",
-     lambda a, b, c: a + b - c),
+    (
+        "{name} has {a} apples. {name} buys {b} more and eats {c}. How many apples does {name} have now?",
+        lambda a, b, c: a + b - c,
+    ),
+    (
+        "A baker makes {a} trays of {b} cookies and sells {c} cookies. How many cookies are left?",
+        lambda a, b, c: a * b - c,
+    ),
+    (
+        "{name} has {a} dollars, spends {b} dollars on lunch and {c} dollars on a book. How many dollars are left?",
+        lambda a, b, c: a - b - c,
+    ),
+    (
+        "There are {a} rows of {b} chairs and {c} more chairs by the door. How many chairs are there?",
+        lambda a, b, c: a * b + c,
+    ),
+    (
+        "{name} reads {a} pages a day for {b} days, then {c} pages more. How many pages did {name} read?",
+        lambda a, b, c: a * b + c,
+    ),
+    (
+        "A box holds {a} pens. {name} adds {b} pens and then gives away {c}. How many pens are in the box?",
+        lambda a, b, c: a + b - c,
+    ),
 ]
 
 
@@ -96,5 +108,6 @@ def problem_inputs(tokenizer: Any, problems: list[Problem], device: str | torch.
         )
         for p in problems
     ]
-    encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    # The chat template writes the special tokens itself (a BOS token included, where the model has one).
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     return {k: v.to(device) for k, v in encoded.items()}

@@ -43,13 +43,20 @@ def _decoder(name: str) -> Any:
     from ..decoders.dvts import dvts
     from ..decoders.particle_filter import particle_filter
 
-    return {"particle_filter": particle_filter, "best_of_n": best_of_n, "beam_search_prm": beam_search_prm,
-            "dvts": dvts}[name]
+    return {
+        "particle_filter": particle_filter,
+        "best_of_n": best_of_n,
+        "beam_search_prm": beam_search_prm,
+        "dvts": dvts,
+    }[name]
 
 
 # One worked example (not one of the generated problems) for base models without a chat template.
-_SHOT = ("Question: Ana has 12 pencils and gives away 5. How many pencils are left? " + INSTRUCTION +
-         "\nAnswer: 12 - 5 = 7\nThe answer is 7.\n\n")
+_SHOT = (
+    "Question: Ana has 12 pencils and gives away 5. How many pencils are left? "
+    + INSTRUCTION
+    + "\nAnswer: 12 - 5 = 7\nThe answer is 7.\n\n"
+)
 
 
 def plain_prompt(problem: Problem) -> str:
@@ -106,9 +113,17 @@ def evaluate(
             extra["beam_width"] = beam_width
         started = time.perf_counter()
         out = model.generate(
-            **inputs, custom_generate=functools.partial(_decoder(name), tokenizer=tokenizer), num_particles=n,
-            reward_model=verifier, do_sample=True, temperature=temperature, top_k=0, max_new_tokens=max_new_tokens,
-            seed=seed, return_dict_in_generate=True, **extra,
+            **inputs,
+            custom_generate=functools.partial(_decoder(name), tokenizer=tokenizer),
+            num_particles=n,
+            reward_model=verifier,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            return_dict_in_generate=True,
+            **extra,
         )
         seconds = time.perf_counter() - started
         b = len(problems)
@@ -133,9 +148,17 @@ def evaluate(
             correct["self_consistency"] = [majority_vote(a) == g for a, g in zip(answers, gold, strict=True)]
         for method, flags in correct.items():
             calls = 0.0 if method == "self_consistency" else compute["reward_calls"]
-            rows.append({"method": method, "n": n, "seed": seed, "accuracy": sum(flags) / len(flags),
-                         **compute, "reward_calls": calls,
-                         "compute": compute["generated_tokens"] + calls})
+            rows.append(
+                {
+                    "method": method,
+                    "n": n,
+                    "seed": seed,
+                    "accuracy": sum(flags) / len(flags),
+                    **compute,
+                    "reward_calls": calls,
+                    "compute": compute["generated_tokens"] + calls,
+                }
+            )
             logger.info("%s N=%d seed=%d accuracy=%.3f", method, n, seed, rows[-1]["accuracy"])
     return rows
 
@@ -183,14 +206,19 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (method, n), items in sorted(groups.items()):
         acc = [r["accuracy"] for r in items]
-        out.append({
-            "method": method, "n": n, "seeds": len(items), "accuracy_mean": statistics.mean(acc),
-            "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-            "tokens_per_problem": statistics.mean(r["generated_tokens"] for r in items),
-            "reward_calls_per_problem": statistics.mean(r["reward_calls"] for r in items),
-            "compute_per_problem": statistics.mean(r["compute"] for r in items),
-            "seconds_per_problem": statistics.mean(r["seconds"] for r in items),
-        })
+        out.append(
+            {
+                "method": method,
+                "n": n,
+                "seeds": len(items),
+                "accuracy_mean": statistics.mean(acc),
+                "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                "tokens_per_problem": statistics.mean(r["generated_tokens"] for r in items),
+                "reward_calls_per_problem": statistics.mean(r["reward_calls"] for r in items),
+                "compute_per_problem": statistics.mean(r["compute"] for r in items),
+                "seconds_per_problem": statistics.mean(r["seconds"] for r in items),
+            }
+        )
     return out
 
 
@@ -228,16 +256,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--problems", type=int, default=12)
     parser.add_argument("--problem-seed", type=int, default=0)
-    parser.add_argument("--problem-range", type=int, nargs=2, default=None, metavar=("START", "STOP"),
-                        help="run only problems START..STOP-1 of the --problems generated (split a long run; "
-                             "--merge joins the shards of one (method, N, seed) into one row)")
+    parser.add_argument(
+        "--problem-range",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("START", "STOP"),
+        help="run only problems START..STOP-1 of the --problems generated (split a long run; "
+        "--merge joins the shards of one (method, N, seed) into one row)",
+    )
     parser.add_argument("--steps", type=int, default=1, help="operations per problem (1 or 2)")
     parser.add_argument("--budgets", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--runs", nargs="+", default=["samples", *STEP_METHODS], choices=["samples", *STEP_METHODS],
-                        help="what to run (split long evaluations, then merge with --merge)")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["samples", *STEP_METHODS],
+        choices=["samples", *STEP_METHODS],
+        help="what to run (split long evaluations, then merge with --merge)",
+    )
     parser.add_argument("--merge", nargs="*", default=[], help="earlier --out files whose rows are added")
     parser.add_argument("--out", default=None)
     parser.add_argument("--plot", default=None)
@@ -251,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_default_model(args.model)
     problems = make_problems(args.problems, seed=args.problem_seed, steps=args.steps)
     if args.problem_range is not None:
-        problems = problems[args.problem_range[0]:args.problem_range[1]]
+        problems = problems[args.problem_range[0] : args.problem_range[1]]
     started = time.perf_counter()
     rows = evaluate(
         model, tokenizer, problems, args.budgets, args.seeds, max_new_tokens=args.max_new_tokens, runs=tuple(args.runs)
@@ -270,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(summary, args.plot)
     for r in summary:
-        print(f"{r['method']:>20} N={r['n']:>3}  acc={r['accuracy_mean']:.3f}±{r['accuracy_std']:.3f}  "
-              f"tokens={r['tokens_per_problem']:.0f}  reward_calls={r['reward_calls_per_problem']:.1f}")
+        print(
+            f"{r['method']:>20} N={r['n']:>3}  acc={r['accuracy_mean']:.3f}±{r['accuracy_std']:.3f}  "
+            f"tokens={r['tokens_per_problem']:.0f}  reward_calls={r['reward_calls_per_problem']:.1f}"
+        )
     return 0
 
 

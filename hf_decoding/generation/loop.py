@@ -47,9 +47,7 @@ def option(generation_config: GenerationConfig, name: str, value: Any, default: 
     return default if stored is None else stored
 
 
-def make_generator(
-    seed: int | None, generator: torch.Generator | None, device: torch.device
-) -> torch.Generator | None:
+def make_generator(seed: int | None, generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
     """The generator a decoder draws from: `generator`, else a fresh one seeded with `seed`, else `None`.
 
     `None` means torch's global generator, exactly as transformers' own sampling uses it, so
@@ -57,7 +55,9 @@ def make_generator(
     """
     if generator is not None:
         if seed is not None:
-            raise invalid_argument("seed", seed, "unset when `generator` is given", "Pass either `seed` or `generator`.")
+            raise invalid_argument(
+                "seed", seed, "unset when `generator` is given", "Pass either `seed` or `generator`."
+            )
         return generator
     if seed is None:
         return None

@@ -79,7 +79,9 @@ class StepConfig:
             self.step_delimiter = tuple(self.step_delimiter)
             if not self.step_delimiter or not all(isinstance(d, str) and d for d in self.step_delimiter):
                 raise invalid_argument(
-                    "step_delimiter", self.step_delimiter, "a non-empty string or list of non-empty strings",
+                    "step_delimiter",
+                    self.step_delimiter,
+                    "a non-empty string or list of non-empty strings",
                     "Use None with tokens_per_step=k for fixed-length steps.",
                 )
         for name in ("tokens_per_step", "max_steps"):
@@ -92,7 +94,9 @@ class StepConfig:
             try:
                 re.compile(self.stop_pattern)
             except (re.error, TypeError) as err:
-                raise invalid_argument("stop_pattern", self.stop_pattern, "a valid regular expression", str(err)) from None
+                raise invalid_argument(
+                    "stop_pattern", self.stop_pattern, "a valid regular expression", str(err)
+                ) from None
 
     @property
     def needs_text(self) -> bool:

@@ -65,7 +65,12 @@ class DistortionAwareNucleusLogitsProcessor(LogitsWarper):
     def set_values(self, top_p: RowParameter) -> None:
         """Replaces the kept mass value(s) used from the next call on."""
         self.top_p = as_row_parameter(
-            top_p, "top_p", low=0.0, high=1.0, low_inclusive=False, high_inclusive=True,
+            top_p,
+            "top_p",
+            low=0.0,
+            high=1.0,
+            low_inclusive=False,
+            high_inclusive=True,
             fix="Use a value in (0, 1]; 1.0 disables the filter.",
         )
 

@@ -33,7 +33,12 @@ class PerRowTemperatureLogitsWarper(LogitsWarper):
     def set_values(self, temperature: RowParameter) -> None:
         """Replaces the temperature(s) used from the next call on."""
         self.temperature = as_row_parameter(
-            temperature, "temperature", low=0.0, high=float("inf"), low_inclusive=False, high_inclusive=False,
+            temperature,
+            "temperature",
+            low=0.0,
+            high=float("inf"),
+            low_inclusive=False,
+            high_inclusive=False,
             fix="Use a strictly positive temperature; for greedy decoding pass do_sample=False.",
         )
 
@@ -66,7 +71,12 @@ class PerRowTopPLogitsWarper(LogitsWarper):
     def set_values(self, top_p: RowParameter) -> None:
         """Replaces the top-p value(s) used from the next call on."""
         self.top_p = as_row_parameter(
-            top_p, "top_p", low=0.0, high=1.0, low_inclusive=False, high_inclusive=True,
+            top_p,
+            "top_p",
+            low=0.0,
+            high=1.0,
+            low_inclusive=False,
+            high_inclusive=True,
             fix="Use a value in (0, 1]; 1.0 disables nucleus filtering.",
         )
 
@@ -97,7 +107,12 @@ class PerRowTopKLogitsWarper(LogitsWarper):
     def set_values(self, top_k: RowParameter) -> None:
         """Replaces the `k` value(s) used from the next call on."""
         k = as_row_parameter(
-            top_k, "top_k", low=0.0, high=float("inf"), low_inclusive=True, high_inclusive=False,
+            top_k,
+            "top_k",
+            low=0.0,
+            high=float("inf"),
+            low_inclusive=True,
+            high_inclusive=False,
             fix="Use a non-negative integer; 0 disables top-k filtering.",
         )
         if bool((k != k.round()).any()):
@@ -135,7 +150,12 @@ class PerRowMinPLogitsWarper(LogitsWarper):
     def set_values(self, min_p: RowParameter) -> None:
         """Replaces the min-p value(s) used from the next call on."""
         self.min_p = as_row_parameter(
-            min_p, "min_p", low=0.0, high=1.0, low_inclusive=True, high_inclusive=True,
+            min_p,
+            "min_p",
+            low=0.0,
+            high=1.0,
+            low_inclusive=True,
+            high_inclusive=True,
             fix="Use a value in [0, 1]; 0 disables min-p filtering.",
         )
 

@@ -52,8 +52,12 @@ class TokenProbabilityLogitsProcessor(LogitsProcessor):
     ```
     """
 
-    def __init__(self, token_ids: int | Sequence[int] | torch.Tensor, ratio: float | Sequence[float] | torch.Tensor,
-                 mode: str = "probability"):
+    def __init__(
+        self,
+        token_ids: int | Sequence[int] | torch.Tensor,
+        ratio: float | Sequence[float] | torch.Tensor,
+        mode: str = "probability",
+    ):
         fix_ids = "Pass distinct token ids, e.g. `tokenizer.convert_tokens_to_ids([...])`."
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.reshape(-1).tolist()

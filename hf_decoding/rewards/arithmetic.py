@@ -16,15 +16,15 @@ from .base import RewardModel, split_steps
 __all__ = ["ArithmeticStepVerifier", "check_equations", "extract_answer", "normalize_answer"]
 
 # An arithmetic expression immediately left of "=", and the number right of it.
-_EQUATION = re.compile(
-    r"(?P<lhs>[\d$(][\d$.,\s+\-*/×÷x()]*[\d)])\s*=\s*\$?(?P<rhs>-?\d[\d,]*(?:\.\d+)?)"
-)
+_EQUATION = re.compile(r"(?P<lhs>[\d$(][\d$.,\s+\-*/×÷x()]*[\d)])\s*=\s*\$?(?P<rhs>-?\d[\d,]*(?:\.\d+)?)")
 _OPS: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
 }
+
+
 def _evaluate(node: ast.AST) -> float:
     if isinstance(node, ast.Expression):
         return _evaluate(node.body)

@@ -75,7 +75,9 @@ class ProcessRewardModel(RewardModel):
         tag_ids = tokenizer.encode(step_tag, add_special_tokens=False)
         if len(tag_ids) != 1:
             raise invalid_argument(
-                "step_tag", step_tag, "a single token of the PRM tokenizer",
+                "step_tag",
+                step_tag,
+                "a single token of the PRM tokenizer",
                 "Add it as a special token (tokenizer.add_special_tokens) or pass the PRM's own tag.",
             )
         self.tag_id = tag_ids[0]
@@ -170,11 +172,17 @@ class ProcessRewardModel(RewardModel):
         return ids, positions
 
     def score(self, prompts: list[str], partial_texts: list[str]) -> list[list[float]]:
-        layouts = [self._layout(p, split_steps(t, self.step_delimiter), whole=False) for p, t in zip(prompts, partial_texts, strict=False)]
+        layouts = [
+            self._layout(p, split_steps(t, self.step_delimiter), whole=False)
+            for p, t in zip(prompts, partial_texts, strict=False)
+        ]
         return self._score_sequences([ids for ids, _ in layouts], [pos for _, pos in layouts])
 
     def score_whole(self, prompts: list[str], partial_texts: list[str]) -> list[float]:
-        layouts = [self._layout(p, split_steps(t, self.step_delimiter), whole=True) for p, t in zip(prompts, partial_texts, strict=False)]
+        layouts = [
+            self._layout(p, split_steps(t, self.step_delimiter), whole=True)
+            for p, t in zip(prompts, partial_texts, strict=False)
+        ]
         return [s[-1] for s in self._score_sequences([ids for ids, _ in layouts], [pos for _, pos in layouts])]
 
     def open_session(self, prompts: list[str], **options: Any) -> RewardSession:
@@ -208,8 +216,11 @@ class _PRMSession(RewardSession):
         cache = DynamicCache(config=getattr(prm.model, "config", None))
         with torch.no_grad():
             prm.model(
-                input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                past_key_values=cache, use_cache=True,
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                past_key_values=cache,
+                use_cache=True,
             )
         self.tokens += int(mask.sum())
         index = torch.tensor([unique.index(p) for p in self.prompts], device=device)

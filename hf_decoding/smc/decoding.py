@@ -181,19 +181,35 @@ def prepare(
     else:
         prompt_texts = [""] * input_ids.shape[0]
     mask = model_kwargs.get("attention_mask")
-    prompt_tokens = (mask.sum(-1) if mask is not None else torch.full((input_ids.shape[0],), input_ids.shape[1])).tolist()
+    prompt_tokens = (
+        mask.sum(-1) if mask is not None else torch.full((input_ids.shape[0],), input_ids.shape[1])
+    ).tolist()
     runner = StepRunner(
-        model, logits_processor, stopping_criteria, generation_config, step_config,
-        tokenizer=tokenizer, generator=generator,
+        model,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        step_config,
+        tokenizer=tokenizer,
+        generator=generator,
         record_token_stats=bool(getattr(reward, "needs_token_stats", False)),
     )
     with meter.phase("prefill"):
         prompts = PrefilledPrompts.prefill(model, input_ids, generation_config, model_kwargs)
     extractor = answer_extractor if answer_extractor is not None else extract_answer
     setup = ParticleSetup(
-        options=options, step_config=step_config, runner=runner, reward=reward, prompts=prompts,
-        prompt_texts=prompt_texts, prompt_tokens=[int(t) for t in prompt_tokens], tokenizer=tokenizer,
-        generator=generator, meter=meter, pad_token_id=pad_token_id, answer_extractor=extractor,
+        options=options,
+        step_config=step_config,
+        runner=runner,
+        reward=reward,
+        prompts=prompts,
+        prompt_texts=prompt_texts,
+        prompt_tokens=[int(t) for t in prompt_tokens],
+        tokenizer=tokenizer,
+        generator=generator,
+        meter=meter,
+        pad_token_id=pad_token_id,
+        answer_extractor=extractor,
     )
     return setup, resolved
 
@@ -226,8 +242,15 @@ def run_sweep(
     batch = setup.new_batch(num_particles, copies=copies, reuse=reuse_prefill)
     session = setup.new_session(batch)
     sweep = ParticleSweep(
-        batch, setup.runner, session, setup.options, policy, setup.meter,
-        temperatures=temperatures, keep_steps=keep_steps, progress=progress,
+        batch,
+        setup.runner,
+        session,
+        setup.options,
+        policy,
+        setup.meter,
+        temperatures=temperatures,
+        keep_steps=keep_steps,
+        progress=progress,
     )
     result = sweep.run(references)
     return result, session, batch.forward_passes
@@ -247,10 +270,16 @@ def merge_groups(result: SweepResult, copies: int) -> SweepResult:
     result.scores = result.scores.reshape(b, n)
     result.ess = result.ess.reshape(b, copies, steps).sum(1)
     result.ancestors = (
-        result.ancestors.reshape(b, copies, steps, -1)
-        + (torch.arange(copies, device=result.ancestors.device) * (n // copies))[None, :, None, None]
-    ).permute(0, 2, 1, 3).reshape(b, steps, n)
-    result.log_normalizer = result.log_normalizer.reshape(b, copies).logsumexp(-1) - float(torch.log(torch.tensor(copies)))
+        (
+            result.ancestors.reshape(b, copies, steps, -1)
+            + (torch.arange(copies, device=result.ancestors.device) * (n // copies))[None, :, None, None]
+        )
+        .permute(0, 2, 1, 3)
+        .reshape(b, steps, n)
+    )
+    result.log_normalizer = result.log_normalizer.reshape(b, copies).logsumexp(-1) - float(
+        torch.log(torch.tensor(copies))
+    )
     return result
 
 
@@ -281,17 +310,42 @@ def independent_samples(
     from .sweep import NoResampling
 
     values = {
-        "num_particles": num_particles, "score_mode": score_mode, "on_reward_error": on_reward_error,
-        "step_delimiter": False, "max_steps": max_steps, "stop_pattern": stop_pattern,
-        "resampling": "systematic", "ess_threshold": 0.0, "selection": "argmax",
+        "num_particles": num_particles,
+        "score_mode": score_mode,
+        "on_reward_error": on_reward_error,
+        "step_delimiter": False,
+        "max_steps": max_steps,
+        "stop_pattern": stop_pattern,
+        "resampling": "systematic",
+        "ess_threshold": 0.0,
+        "selection": "argmax",
     }
-    defaults = {"num_particles": 8, "score_mode": "model", "on_reward_error": "raise", "resampling": "systematic",
-                "ess_threshold": 0.0, "selection": "argmax"}
+    defaults = {
+        "num_particles": 8,
+        "score_mode": "model",
+        "on_reward_error": "raise",
+        "resampling": "systematic",
+        "ess_threshold": 0.0,
+        "selection": "argmax",
+    }
     setup, _ = prepare(
-        model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs,
-        method=method, values=values, defaults=defaults, preset=None, reward_model=reward_model,
-        require_reward=require_reward, tokenizer=tokenizer, seed=seed, generator=generator,
-        reward_prompts=reward_prompts, answer_extractor=answer_extractor,
+        model,
+        input_ids,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        model_kwargs,
+        method=method,
+        values=values,
+        defaults=defaults,
+        preset=None,
+        reward_model=reward_model,
+        require_reward=require_reward,
+        tokenizer=tokenizer,
+        seed=seed,
+        generator=generator,
+        reward_prompts=reward_prompts,
+        answer_extractor=answer_extractor,
     )
     result, session, passes = run_sweep(setup, NoResampling(), setup.options.num_particles)
     return setup, result, session, 1 + passes

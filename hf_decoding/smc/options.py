@@ -92,9 +92,7 @@ class ParticleOptions:
             raise invalid_argument("softmax_temperature", t, "a finite number > 0")
         e = self.ess_threshold
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= e <= 1.0:
-            raise invalid_argument(
-                "ess_threshold", e, "a number in [0, 1]", "1.0 resamples at every step, 0.0 never."
-            )
+            raise invalid_argument("ess_threshold", e, "a number in [0, 1]", "1.0 resamples at every step, 0.0 never.")
 
 
 #: Presets: values used for options the call and the generation config leave unset.

@@ -276,9 +276,8 @@ class ParticleBatch:
     # ------------------------------------------------------------------------------------------------ re-indexing
     def _reindex_rows(self, row_index: torch.LongTensor, new_row_slot: torch.LongTensor) -> None:
         """Re-indexes every per-row piece with `row_index` (R',), then records the new row → slot map."""
-        unchanged = (
-            row_index.shape[0] == self.num_rows
-            and bool((row_index == torch.arange(self.num_rows, device=self.device)).all())
+        unchanged = row_index.shape[0] == self.num_rows and bool(
+            (row_index == torch.arange(self.num_rows, device=self.device)).all()
         )
         if not unchanged:
             if row_index.numel() == 0:

@@ -273,7 +273,9 @@ class ParticleSweep:
                 if result.logprob_sum is not None:
                     stats = [
                         {"logprob_sum": float(lp), "certainty_sum": float(c), "length": float(k)}
-                        for lp, c, k in zip(result.logprob_sum.tolist(), result.certainty_sum.tolist(), lengths, strict=False)
+                        for lp, c, k in zip(
+                            result.logprob_sum.tolist(), result.certainty_sum.tolist(), lengths, strict=False
+                        )
                     ]
                 self.session.extend(row_slots, texts, lengths, stats)
                 to_score = [slot for r, slot in enumerate(row_slots) if r not in ref_rows]
@@ -387,9 +389,7 @@ def assemble_output(
         index = selected.to(sequences.device)
         chosen = sequences[torch.arange(sequences.shape[0], device=sequences.device), index]  # (B, P + L)
         batch = result.batch
-        lengths = [
-            batch.slot_tokens(b * batch.num_particles + int(index[b])).numel() for b in range(batch.num_groups)
-        ]
+        lengths = [batch.slot_tokens(b * batch.num_particles + int(index[b])).numel() for b in range(batch.num_groups)]
         chosen = chosen[:, : batch.prompt_len + max(lengths, default=0)]
     if not generation_config.return_dict_in_generate:
         return chosen
