@@ -1,7 +1,9 @@
-"""Detection evaluation: Debian fortunes (human) vs continuations of the same prefixes by an offline model.
+"""Detection evaluation: human text vs continuations of the same prefixes by an offline model.
 
 Prints the AUROC table (machine = positive), writes the JSON (sizes, timings, AUROCs, raw scores, examples) and a
-ROC figure. Needs `apt-get install fortunes` for the human texts and the `plot` extra for the figure.
+ROC figure. Human text: Debian fortunes (`--human-source fortunes`, needs `apt-get install fortunes`) or passages
+of a Project Gutenberg book (`--human-source gutenberg`, the book in the `eval` extra's reasoning-gym wheel). The
+figure needs the `plot` extra.
 
     python benchmarks/eval_detection.py --num-texts 100 --lengths 32 64 128 \
         --out docs/results/detection_smollm2.json --plot docs/results/figures/detection_roc_smollm2.png
@@ -21,6 +23,7 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--human-source", choices=["fortunes", "gutenberg"], default="fortunes")
     parser.add_argument("--num-texts", type=int, default=100)
     parser.add_argument("--prefix-tokens", type=int, default=16)
     parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128])
@@ -33,19 +36,31 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from hf_decoding.detection import Detector
-    from hf_decoding.detection.evaluation import evaluate_detection, load_fortunes, plot_roc
+    from hf_decoding.detection.evaluation import evaluate_detection, load_fortunes, load_gutenberg_passages, plot_roc
     from hf_decoding.models import load_default_model
 
     model, tokenizer = load_default_model(args.model)
-    texts = load_fortunes()
+    if args.human_source == "fortunes":
+        texts = load_fortunes()
+        human_source = "Debian fortunes (>= 100 words, ascii, whitespace collapsed)"
+    else:
+        texts = load_gutenberg_passages(words=130)  # 130 words >= 144 tokens for SmolLM2 and Gemma
+        human_source = "Project Gutenberg: In the Year 2889 (J. and M. Verne), consecutive 130-word passages"
     # A fixed shuffle so that the selection does not come from one or two fortune files.
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(args.seed)).tolist()
     texts = [texts[i] for i in order]
     start = time.perf_counter()
     detector = Detector(model, tokenizer, batch_size=8, progress=True)
     evaluation = evaluate_detection(
-        model, tokenizer, texts, detector=detector, prefix_tokens=args.prefix_tokens, lengths=args.lengths,
-        num_texts=args.num_texts, batch_size=args.batch_size, seed=args.seed,
+        model,
+        tokenizer,
+        texts,
+        detector=detector,
+        prefix_tokens=args.prefix_tokens,
+        lengths=args.lengths,
+        num_texts=args.num_texts,
+        batch_size=args.batch_size,
+        seed=args.seed,
     )
     total = time.perf_counter() - start
     header = ["tokens", "setting", *evaluation.methods]
@@ -57,7 +72,7 @@ def main() -> None:
         document = {
             "model": args.model,
             "machine": f"{platform.machine()} {platform.processor()}, torch threads {args.threads}, shared CPU",
-            "human_source": "Debian fortunes (>= 100 words, ascii, whitespace collapsed)",
+            "human_source": human_source,
             "seed": args.seed,
             **evaluation.to_dict(),
         }

@@ -367,6 +367,28 @@ def test_distortion_detects_truncated_samples(model, tokenizer) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def test_gutenberg_passages(tmp_path) -> None:
+    from hf_decoding.detection.evaluation import load_gutenberg_passages
+
+    book = tmp_path / "book.txt"
+    body = " ".join(f"w{i}" for i in range(25))
+    cut = body.index(" w12")  # a line break between words
+    book.write_text(
+        "The Project Gutenberg eBook of X\nlicence words\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
+        f"{body[:cut]}\n\n  {body[cut:]}\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nfooter words\n"
+    )
+    passages = load_gutenberg_passages(book, words=10)
+    assert passages == [" ".join(f"w{i}" for i in range(j, j + 10)) for j in (0, 10)]
+    with pytest.raises(InvalidDecodingArgument, match="words"):
+        load_gutenberg_passages(book, words=0)
+    with pytest.raises(InvalidDecodingArgument, match="path"):
+        load_gutenberg_passages(tmp_path / "missing.txt")
+    if importlib.util.find_spec("reasoning_gym") is not None:
+        default = load_gutenberg_passages(words=130)
+        assert len(default) == 43 and all(len(p.split()) == 130 for p in default)
+        assert not any("Gutenberg License" in p for p in default)
+
+
 def test_auroc_and_roc_exact() -> None:
     assert auroc([3.0, 4.0], [1.0, 2.0]) == 1.0
     assert auroc([1.0, 2.0], [3.0, 4.0]) == 0.0

@@ -11,8 +11,9 @@ Protocol ([`evaluate_detection`]):
    would see them), conditioned on the prefix text, with [`Detector.score_ids_by_length`] at every length;
 4. AUROC per method, generator setting and length, machine = positive (every score is "higher = machine").
 
-[`load_fortunes`] reads the Debian `fortunes` files (`apt-get install fortunes`) as a source of human text that
-needs no network.
+Human text that needs no network: [`load_fortunes`] reads the Debian `fortunes` files (`apt-get install fortunes`:
+quotations, jokes, verse), [`load_gutenberg_passages`] cuts a Project Gutenberg book into passages (by default
+*In the Year 2889*, the English prose shipped in the `reasoning-gym` wheel of the `eval` extra).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "DetectionEvaluation",
     "evaluate_detection",
     "load_fortunes",
+    "load_gutenberg_passages",
     "plot_roc",
 ]
 
@@ -73,6 +75,44 @@ def load_fortunes(directory: str | pathlib.Path = "/usr/share/games/fortunes", *
             if len(text.split()) >= min_words and text.isascii():
                 texts.append(text)
     return texts
+
+
+def _default_gutenberg_book() -> pathlib.Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("reasoning_gym")
+    if spec is None or not spec.submodule_search_locations:
+        raise invalid_argument(
+            "path", None, "a Project Gutenberg text file", 'Or install the book with: pip install "hf-decoding[eval]"'
+        )
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "data" / "in_the_year_2889.txt"
+
+
+def load_gutenberg_passages(path: str | pathlib.Path | None = None, *, words: int = 150) -> list[str]:
+    """Consecutive, non-overlapping passages of `words` words of a Project Gutenberg book, in book order.
+
+    The licence header and footer (outside the `*** START` / `*** END` markers) are dropped, whitespace is
+    collapsed, and the tail shorter than `words` is discarded.
+
+    Args:
+        path (`str` or `pathlib.Path`, *optional*): a Gutenberg plain-text file; defaults to *In the Year 2889*
+            (Jules and Michel Verne) from the `reasoning-gym` wheel.
+        words (`int`, *optional*, defaults to 150): words per passage.
+
+    Returns:
+        `list[str]`.
+    """
+    if isinstance(words, bool) or not isinstance(words, int) or words < 1:
+        raise invalid_argument("words", words, "a positive integer")
+    path = _default_gutenberg_book() if path is None else pathlib.Path(path)
+    if not path.is_file():
+        raise invalid_argument("path", str(path), "an existing Project Gutenberg text file")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("*** START OF")]
+    ends = [i for i, line in enumerate(lines) if line.startswith("*** END OF")]
+    body = lines[starts[0] + 1 if starts else 0 : ends[0] if ends else len(lines)]
+    tokens = " ".join(body).split()
+    return [" ".join(tokens[i : i + words]) for i in range(0, len(tokens) - words + 1, words)]
 
 
 @dataclass
