@@ -221,3 +221,5 @@ def test_plot_histograms_writes_png(tiny_comparison: distortion.DistortionCompar
     pytest.importorskip("matplotlib")
     path = distortion.plot_histograms(tiny_comparison, tmp_path / "sub" / "hist.png")
     assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path = distortion.plot_quality_diversity(tiny_comparison, tmp_path / "sub" / "qd.png")
+    assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -317,6 +317,8 @@ def test_analyze_distortion_on_local_dir(
     nucleus = [row for row in document["table"] if row["strategy"] == "distortion_aware_nucleus"]
     assert all(row["distortion_std"] < 1e-5 for row in nucleus)
     assert pathlib.Path(document["plot"]).is_file()
+    assert pathlib.Path(document["quality_diversity_plot"]).name.startswith("quality_diversity_")
+    assert pathlib.Path(document["quality_diversity_plot"]).is_file()
 
 
 def test_analyze_distortion_text_table(tiny_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:

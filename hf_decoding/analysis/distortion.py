@@ -63,6 +63,7 @@ __all__ = [
     "kept_mass",
     "match_mass",
     "plot_histograms",
+    "plot_quality_diversity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -807,5 +808,68 @@ def plot_histograms(comparison: DistortionComparison, path: str | pathlib.Path) 
         cdf_ax.set_xlabel("log distortion ratio")
         cdf_ax.set_ylabel("ECDF")
         cdf_ax.legend(fontsize="small")
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def plot_quality_diversity(comparison: DistortionComparison, path: str | pathlib.Path) -> pathlib.Path:
+    r"""Saves one PNG: the quality-diversity trade-off of each strategy across the target masses.
+
+    x = entropy per token of the sampling distribution (diversity, `StrategyResult.entropy`), y = negative
+    log-likelihood per token under the unmodified model (lower = closer to what the model finds likely,
+    `StrategyResult.nll`); one line per strategy through its target masses (each point labelled with its mass),
+    error bars = one standard error over samples.
+
+    Args:
+        comparison ([`DistortionComparison`]): what [`compare_strategies`] returned.
+        path (`str` or `pathlib.Path`): the PNG file to write (parent directories are created).
+
+    Returns:
+        `pathlib.Path`: the written file.
+
+    Raises:
+        `ImportError`: when matplotlib is not installed (`pip install "hf-decoding[plot]"`).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(f"Plotting needs matplotlib. Install it with: {_PLOT_INSTALL}") from None
+
+    def mean_and_error(values: torch.Tensor) -> tuple[float, float]:
+        values = values.double()
+        error = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else 0.0
+        return float(values.mean()), error
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = Figure(figsize=(6.4, 4.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    strategies = list(dict.fromkeys(r.strategy for r in comparison.results))
+    for strategy in strategies:
+        results = sorted((r for r in comparison.results if r.strategy == strategy), key=lambda r: r.target_mass)
+        x = [mean_and_error(r.entropy) for r in results]
+        y = [mean_and_error(r.nll) for r in results]
+        ax.errorbar(
+            [v for v, _ in x],
+            [v for v, _ in y],
+            xerr=[e for _, e in x],
+            yerr=[e for _, e in y],
+            marker="o",
+            markersize=4,
+            capsize=2,
+            label=strategy,
+        )
+        for result, (xv, _), (yv, _) in zip(results, x, y, strict=True):
+            ax.annotate(f"{result.target_mass:g}", (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("entropy per token of the sampler (diversity)")
+    ax.set_ylabel("NLL per token under the model (lower = more likely)")
+    ax.set_title(
+        f"quality vs diversity at matched kept mass ({comparison.num_samples} samples x "
+        f"{comparison.max_new_tokens} tokens per point)",
+        fontsize=9,
+    )
+    ax.legend(fontsize="small")
     figure.savefig(path, dpi=110)
     return path

@@ -18,10 +18,10 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 
 
-def _plot_file(model: str) -> str:
-    """`distortion_<model>.png`, the model name (or directory name) reduced to safe characters."""
+def _plot_file(model: str, kind: str = "distortion") -> str:
+    """`<kind>_<model>.png`, the model name (or directory name) reduced to safe characters."""
     slug = "".join(c if c.isalnum() or c in "-." else "-" for c in pathlib.Path(model).name.lower()).strip("-.")
-    return f"distortion_{slug or 'model'}.png"
+    return f"{kind}_{slug or 'model'}.png"
 
 
 def register(subparsers: Any) -> None:
@@ -77,7 +77,11 @@ def register(subparsers: Any) -> None:
         help="Wrap prompts in the chat template (default: when the tokenizer has one).",
     )
     parser.add_argument(
-        "--plot", metavar="DIR", default=None, help="Save the histograms as DIR/distortion_<model>.png."
+        "--plot",
+        metavar="DIR",
+        default=None,
+        help="Save the histograms as DIR/distortion_<model>.png and the quality-diversity curves as "
+        "DIR/quality_diversity_<model>.png.",
     )
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
     parser.add_argument("--json", action="store_true", help="Print a JSON document instead of a table.")
@@ -93,7 +97,7 @@ def register(subparsers: Any) -> None:
 
 def run_distortion(args: argparse.Namespace) -> int:
     """Runs `analyze distortion`; returns the exit code."""
-    from ..analysis.distortion import compare_strategies, plot_histograms
+    from ..analysis.distortion import compare_strategies, plot_histograms, plot_quality_diversity
     from ._common import format_table, load_model, print_json
 
     if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
@@ -118,13 +122,17 @@ def run_distortion(args: argparse.Namespace) -> int:
         chat=args.chat,
         progress=not args.no_progress,
     )
-    plot_path = None
+    plot_path = quality_path = None
     if args.plot is not None:
         plot_path = plot_histograms(comparison, pathlib.Path(args.plot) / _plot_file(args.model))
+        quality_path = plot_quality_diversity(
+            comparison, pathlib.Path(args.plot) / _plot_file(args.model, "quality_diversity")
+        )
 
     if args.json:
         document = {"model": args.model, **comparison.to_dict()}
         document["plot"] = str(plot_path) if plot_path is not None else None
+        document["quality_diversity_plot"] = str(quality_path) if quality_path is not None else None
         print_json(document)
         return 0
     print(
@@ -169,5 +177,5 @@ def run_distortion(args: argparse.Namespace) -> int:
         )
     print(format_table(rows, header))
     if plot_path is not None:
-        print(f"\nhistograms: {plot_path}")
+        print(f"\nhistograms: {plot_path}\nquality-diversity: {quality_path}")
     return 0
