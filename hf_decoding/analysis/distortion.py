@@ -752,6 +752,19 @@ def compare_strategies(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _agg_figure(path: pathlib.Path, figsize: tuple[float, float]) -> Any:
+    """A matplotlib `Figure` on the Agg canvas (no global backend change, no display); creates `path`'s folder."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(f"Plotting needs matplotlib. Install it with: {_PLOT_INSTALL}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def plot_histograms(comparison: DistortionComparison, path: str | pathlib.Path) -> pathlib.Path:
     r"""Saves one PNG: per target mass, a histogram of the total distortion `log eps(w)` of each strategy (left)
     and the empirical CDF of the pairwise log distortion ratio (right).
@@ -768,17 +781,9 @@ def plot_histograms(comparison: DistortionComparison, path: str | pathlib.Path) 
     Raises:
         `ImportError`: when matplotlib is not installed (`pip install "hf-decoding[plot]"`).
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(f"Plotting needs matplotlib. Install it with: {_PLOT_INSTALL}") from None
-
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     targets = sorted({r.target_mass for r in comparison.results})
-    figure = Figure(figsize=(11, 3.4 * len(targets)), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = _agg_figure(path, (11, 3.4 * len(targets)))
     axes = figure.subplots(len(targets), 2, squeeze=False)
     for row, target in enumerate(targets):
         results = [r for r in comparison.results if r.target_mass == target]
@@ -830,11 +835,6 @@ def plot_quality_diversity(comparison: DistortionComparison, path: str | pathlib
     Raises:
         `ImportError`: when matplotlib is not installed (`pip install "hf-decoding[plot]"`).
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(f"Plotting needs matplotlib. Install it with: {_PLOT_INSTALL}") from None
 
     def mean_and_error(values: torch.Tensor) -> tuple[float, float]:
         values = values.double()
@@ -842,9 +842,7 @@ def plot_quality_diversity(comparison: DistortionComparison, path: str | pathlib
         return float(values.mean()), error
 
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure = Figure(figsize=(6.4, 4.6), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = _agg_figure(path, (6.4, 4.6))
     ax = figure.subplots()
     strategies = list(dict.fromkeys(r.strategy for r in comparison.results))
     for strategy in strategies:
