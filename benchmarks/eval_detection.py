@@ -25,6 +25,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--human-source", choices=["fortunes", "gutenberg"], default="fortunes")
     parser.add_argument("--num-texts", type=int, default=100)
+    parser.add_argument(
+        "--aggregate", choices=["max", "marginal"], default="max", help="how the distortion detector combines its grid"
+    )
+    parser.add_argument("--methods", nargs="+", default=None, help="detection methods to score (default: all)")
     parser.add_argument("--prefix-tokens", type=int, default=16)
     parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--batch-size", type=int, default=25)
@@ -50,12 +54,13 @@ def main() -> None:
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(args.seed)).tolist()
     texts = [texts[i] for i in order]
     start = time.perf_counter()
-    detector = Detector(model, tokenizer, batch_size=8, progress=True)
+    detector = Detector(model, tokenizer, batch_size=8, aggregate=args.aggregate, progress=True)
     evaluation = evaluate_detection(
         model,
         tokenizer,
         texts,
         detector=detector,
+        **({} if args.methods is None else {"methods": args.methods}),
         prefix_tokens=args.prefix_tokens,
         lengths=args.lengths,
         num_texts=args.num_texts,
@@ -74,6 +79,7 @@ def main() -> None:
             "machine": f"{platform.machine()} {platform.processor()}, torch threads {args.threads}, shared CPU",
             "human_source": human_source,
             "seed": args.seed,
+            "distortion_aggregate": args.aggregate,
             **evaluation.to_dict(),
         }
         pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
