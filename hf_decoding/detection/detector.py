@@ -13,8 +13,8 @@ forward pass of the scoring model over `prefix + text` (only the text's tokens a
 
 Texts are scored on their own (a start token as the only context) or after a prefix (`prefixes=`); the prefix is
 never scored. A prefix string starts with the tokens the tokenizer puts before any text (the BOS token of Gemma or
-Llama tokenizers, nothing for SmolLM2), so the model sees the context it was trained on. Texts are right-padded, so scores do not depend on which other texts share a batch (up to float
-rounding).
+Llama tokenizers, nothing for SmolLM2), so the model sees the context it was trained on. Texts are right-padded,
+so scores do not depend on which other texts share a batch (up to float rounding).
 
 ```python
 >>> from hf_decoding.detection import Detector

@@ -5,8 +5,8 @@ Protocol ([`evaluate_detection`]):
 1. each human text is tokenized; texts with fewer than `prefix_tokens + max(lengths)` tokens are dropped; the first
    `prefix_tokens` tokens are the shared prefix, the next `max(lengths)` tokens the human continuation;
 2. the model continues every prefix, after the tokenizer's leading special tokens (the BOS token of Gemma or Llama
-   tokenizers, without which such models produce degenerate text), under each generator setting (`decoding="sample"`, exactly `max(lengths)` new
-   tokens, EOS suppressed, one seeded `torch.Generator`);
+   tokenizers, without which such models produce degenerate text), under each generator setting
+   (`decoding="sample"`, exactly `max(lengths)` new tokens, EOS suppressed, one seeded `torch.Generator`);
 3. human and machine continuations are decoded to text and scored *as text* (re-tokenized, as a detector in the wild
    would see them), conditioned on the prefix text, with [`Detector.score_ids_by_length`] at every length;
 4. AUROC per method, generator setting and length, machine = positive (every score is "higher = machine").
