@@ -29,6 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import hf_decoding as hfd
 from hf_decoding.decoders.best_of_n import best_of_n
 from hf_decoding.decoders.particle_filter import particle_filter
+from hf_decoding.generation.cache import get_cache
 from hf_decoding.rewards import ArithmeticStepVerifier
 
 PROMPT = (
@@ -173,7 +174,7 @@ def memory_child(n: int, device: str, tokens: int) -> dict:
 
     def feed(self, model):
         nonlocal peak_cache
-        cache = self.model_kwargs.get("past_key_values")
+        cache = get_cache(self.model_kwargs)
         if cache is not None:
             size = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
             peak_cache = max(peak_cache, size)

@@ -20,6 +20,7 @@ from transformers import StoppingCriteriaList
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from .errors import InvalidDecodingArgument, UnknownDecodingError, invalid_argument
+from .generation.cache import keep_custom_generation_keys
 from .generation.validation import validate_sampling_arguments
 
 __all__ = ["available_decoders", "enable", "get_decoder", "register_decoder", "set_default_decoding"]
@@ -87,7 +88,7 @@ def set_default_decoding(model: Any, decoding: str, **options: Any) -> Any:
     config.decoding = decoding
     for key, value in options.items():
         setattr(config, key, value)
-    config._from_model_config = False
+    keep_custom_generation_keys(config)
     return model
 
 
@@ -145,7 +146,7 @@ def enable(model: Any) -> Any:
         def save_pretrained(self: Any, *args: Any, **kwargs: Any) -> Any:
             config = getattr(self, "generation_config", None)
             if config is not None and getattr(config, "decoding", None) is not None:
-                config._from_model_config = False
+                keep_custom_generation_keys(config)
             return original_save(*args, **kwargs)
 
         model.save_pretrained = types.MethodType(save_pretrained, model)

@@ -36,7 +36,7 @@ def test_smollm2_cache_rows_after_resampling_equal_recompute(smollm2):
         model,
         inputs["input_ids"],
         config,
-        {"attention_mask": inputs["attention_mask"], "use_cache": True, "past_key_values": None},
+        {"attention_mask": inputs["attention_mask"], "use_cache": True},
         3,
         tok.pad_token_id,
     )

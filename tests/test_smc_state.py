@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import EOS, PAD, build_tiny_llama
 from test_particles_toys import one_thread, prompt_batch, toy_tokenizer  # noqa: F401
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
+from hf_decoding.generation.cache import get_cache
 from hf_decoding.generation.steps import StepConfig, StepRunner
 from hf_decoding.smc import ParticleBatch
 
@@ -36,15 +37,11 @@ def test_logits_after_arbitrary_resampling_equal_full_recompute(delimited):
         model,
         inputs["input_ids"],
         config,
-        {"attention_mask": inputs["attention_mask"], "use_cache": True, "past_key_values": None},
+        {"attention_mask": inputs["attention_mask"], "use_cache": True},
         4,
         PAD,
     )
-    from transformers import DynamicCache
-
-    assert batch.model_kwargs["past_key_values"] is not None or isinstance(
-        batch.model_kwargs.get("past_key_values"), DynamicCache
-    )
+    assert isinstance(get_cache(batch.model_kwargs), DynamicCache)
     step = StepConfig(
         step_delimiter=("\n\n",) if delimited else None, tokens_per_step=None if delimited else 3, max_new_tokens=40
     )
@@ -83,7 +80,7 @@ def test_logits_after_arbitrary_resampling_equal_full_recompute(delimited):
                 k,
                 (batch.next_logits - expected).abs().max(),
             )
-            cache = batch.model_kwargs["past_key_values"]
+            cache = get_cache(batch.model_kwargs)
             assert cache.layers[0].keys.shape[0] == batch.num_rows  # one cache, one row per live particle
             assert batch.attention_mask.shape == batch.input_ids.shape
 

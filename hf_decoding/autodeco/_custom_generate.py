@@ -46,6 +46,15 @@ def _mlp(inputs: int, width: int) -> nn.Sequential:
     return nn.Sequential(_linear(inputs, width), nn.ReLU(), _linear(width, 1), nn.Sigmoid())
 
 
+def _output_cache_field() -> str:
+    """The cache field of `GenerateDecoderOnlyOutput`: `cache` from transformers 5.24 on, `past_key_values` before
+    (checked 5.17-5.25). This recipe runs without the package, so it keeps its own copy; a test checks that it
+    agrees with the package's."""
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    return "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
+
+
 class _Heads(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
@@ -219,7 +228,8 @@ def _loop(
     if generation_config.return_dict_in_generate:
         from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-        out = GenerateDecoderOnlyOutput(sequences=input_ids, past_key_values=model_kwargs.get("past_key_values"))
+        found = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
+        out = GenerateDecoderOnlyOutput(sequences=input_ids, **{_output_cache_field(): found})
         out["autodeco_temperature"] = torch.stack(applied_t, dim=-1)
         out["autodeco_top_p"] = torch.stack(applied_p, dim=-1)
         return out

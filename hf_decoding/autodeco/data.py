@@ -8,7 +8,6 @@ The paper trains the heads on the base model's *own* correct samples (rejection 
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import invalid_argument
+from ..generation.cache import copy_cache, forward_cache_kwargs, new_dynamic_cache, reorder_rows, with_cache
 
 __all__ = [
     "ArithmeticTask",
@@ -270,11 +270,9 @@ class PromptPrefix:
     """
 
     def __init__(self, model: Any, input_ids: torch.LongTensor, attention_mask: torch.Tensor):
-        from transformers import DynamicCache
-
         self.input_ids = input_ids
         self.attention_mask = attention_mask
-        cache = DynamicCache(config=model.config)
+        cache = new_dynamic_cache(model)
         if input_ids.shape[1] > 1:
             mask = attention_mask[:, :-1]
             position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
@@ -283,22 +281,22 @@ class PromptPrefix:
                     input_ids=input_ids[:, :-1],
                     attention_mask=mask,
                     position_ids=position_ids,
-                    past_key_values=cache,
                     use_cache=True,
                     logits_to_keep=1,
+                    **forward_cache_kwargs(model, cache),
                 )
         self.cache = cache
 
     def inputs(self, num_samples: int = 1) -> dict[str, Any]:
         """`generate` kwargs for `num_samples` rows per prompt (row `i * num_samples + j` is sample `j` of
         prompt `i`), with a private copy of the cache."""
-        cache = copy.deepcopy(self.cache)
-        input_ids, attention_mask = self.input_ids, self.attention_mask
+        kwargs = copy_cache(with_cache({"attention_mask": self.attention_mask}, self.cache))
+        input_ids = self.input_ids
         if num_samples > 1:
-            cache.batch_repeat_interleave(num_samples)
-            input_ids = input_ids.repeat_interleave(num_samples, dim=0)
-            attention_mask = attention_mask.repeat_interleave(num_samples, dim=0)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "past_key_values": cache}
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(num_samples)
+            kwargs = reorder_rows(kwargs, rows)
+            input_ids = input_ids.index_select(0, rows)
+        return {"input_ids": input_ids, **kwargs}
 
 
 def generate_samples(

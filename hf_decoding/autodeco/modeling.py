@@ -26,6 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Gen
 from transformers.utils import ModelOutput, cached_file
 
 from ..errors import IncompatibleCheckpointError, InvalidDecodingArgument, invalid_argument
+from ..generation.cache import cache_output_fields, keep_custom_generation_keys, output_cache
 from .config import AutoDecoConfig, package_version
 from .heads import AutoDecoHeads, capture_lm_head_input
 from .losses import AutoDecoLossConfig, chunked_autodeco_loss
@@ -61,7 +62,9 @@ class AutoDecoCausalLMOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(B, K, V)`): the base model's logits (`K` positions kept).
         temperature (`torch.FloatTensor` of shape `(B, K)`): predicted temperature `T̂` at those positions.
         top_p (`torch.FloatTensor` of shape `(B, K)`): predicted top-p `P̂` at those positions.
-        past_key_values, hidden_states, attentions: as returned by the base model.
+        cache, past_key_values: the base model's cache, under both names (transformers 5.24+ reads `cache`,
+            earlier releases `past_key_values`).
+        hidden_states, attentions: as returned by the base model.
     """
 
     loss: torch.FloatTensor | None = None
@@ -71,6 +74,7 @@ class AutoDecoCausalLMOutput(ModelOutput):
     temperature: torch.FloatTensor | None = None
     top_p: torch.FloatTensor | None = None
     past_key_values: Any = None
+    cache: Any = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -151,8 +155,7 @@ def _autodeco_generation_config(base_config: GenerationConfig | None) -> Generat
     config.top_p = 1.0
     config.top_k = 0
     config.decoding = "autodeco"
-    config._from_model_config = False
-    return config
+    return keep_custom_generation_keys(config)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -358,7 +361,7 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
             metadata={"format": "pt", "hf_decoding_version": config.hf_decoding_version},
         )
         generation_config = copy.deepcopy(self.generation_config)
-        generation_config._from_model_config = False
+        keep_custom_generation_keys(generation_config)
         generation_config.save_pretrained(directory)
         if config.lora_adapter:
             self.llm.save_pretrained(os.path.join(directory, _LORA_SUBFOLDER))
@@ -465,7 +468,7 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
             logits=out.logits,
             temperature=predictions.temperature,
             top_p=predictions.top_p,
-            past_key_values=getattr(out, "past_key_values", None),
+            **cache_output_fields(output_cache(out)),
             hidden_states=getattr(out, "hidden_states", None),
             attentions=getattr(out, "attentions", None),
         )

@@ -186,8 +186,8 @@ def _pad(examples: Sequence[EncodedExample], pad_id: int, device: torch.device) 
 class _Positions:
     """Hidden states, labels and logits at the supervised positions of a list of examples.
 
-    Either computed from the base at every request (`cache=False`; needed when a LoRA adapter trains), or once
-    up front (`cache=True`): hidden states `(N, H)` in float32 and, if they fit `max_cache_bytes`, logits `(N, V)`
+    Either computed from the base at every request (`precompute=False`; needed when a LoRA adapter trains), or once
+    up front (`precompute=True`): hidden states `(N, H)` in float32 and, if they fit `max_cache_bytes`, logits `(N, V)`
     in `logits_dtype` (else recomputed from the cached hidden states by the LM head).
     """
 
@@ -197,7 +197,7 @@ class _Positions:
         examples: Sequence[EncodedExample],
         pad_id: int,
         device: torch.device,
-        cache: bool,
+        precompute: bool,
         logits_dtype: torch.dtype,
         max_cache_bytes: float,
         batch_size: int,
@@ -208,7 +208,7 @@ class _Positions:
         self.examples = list(examples)
         self.pad_id = pad_id
         self.device = device
-        self.cache = cache
+        self.precompute = precompute
         self.counts = [sum(1 for y in e.labels[1:] if y != -100) for e in self.examples]
         self.offsets = [0]
         for count in self.counts:
@@ -216,7 +216,7 @@ class _Positions:
         self.hidden: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
-        if cache:
+        if precompute:
             self._build(logits_dtype, max_cache_bytes, batch_size, progress, desc)
 
     @property
@@ -255,7 +255,7 @@ class _Positions:
     def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """`(hidden (N, H), labels (N,), logits_fn)` for the examples `indices`, in that order."""
         base = self.model.llm
-        if not self.cache:
+        if not self.precompute:
             hidden, labels = self._compute(indices)
 
             def computed_logits(h: torch.Tensor, positions: slice) -> torch.Tensor:
@@ -481,10 +481,10 @@ def train_heads(
     examples = [examples[i] for i in keep]
     rows = [rows[i] for i in keep]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    cache = config.cache_base_outputs
-    if cache == "auto":
-        cache = not config.lora_r
-    if cache and config.lora_r:
+    precompute = config.cache_base_outputs
+    if precompute == "auto":
+        precompute = not config.lora_r
+    if precompute and config.lora_r:
         raise invalid_argument("cache_base_outputs", True, "False when lora_r > 0 (the base changes while training)")
     logits_dtype = getattr(torch, config.cache_logits_dtype)
     max_bytes = config.max_cache_gb * 2**30
@@ -494,7 +494,7 @@ def train_heads(
         examples,
         pad_id,
         device,
-        bool(cache),
+        bool(precompute),
         logits_dtype,
         max_bytes,
         batch,
@@ -525,7 +525,7 @@ def train_heads(
                     encoded,
                     pad_id,
                     device,
-                    bool(cache),
+                    bool(precompute),
                     logits_dtype,
                     max_bytes,
                     batch,

@@ -25,7 +25,8 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from ..errors import invalid_argument
-from ..generation.loop import decode_step, make_generator, option, prefill, reorder_rows, select_tokens
+from ..generation.cache import decode_step, pad_token_tensor, prefill, reorder_rows
+from ..generation.loop import make_generator, option, select_tokens
 from ..generation.outputs import DecodingCost, DecodingOutput, DistortionTrace, ParticleTrace
 from ..generation.processing import ProcessorChain
 from ..smc.resampling import RESAMPLING_SCHEMES, resample
@@ -108,7 +109,7 @@ def globally_normalized(
     generator = make_generator(option(generation_config, "seed", seed, None), generator, device)
     chain = ProcessorChain(logits_processor)
     batch, n = input_ids.shape[0], num_particles
-    pad_token_id = generation_config._pad_token_tensor
+    pad_token_id = pad_token_tensor(generation_config)
     pad_token_id = pad_token_id.to(device) if pad_token_id is not None else torch.zeros((), dtype=torch.long)
     has_eos = any(hasattr(criterion, "eos_token_id") for criterion in stopping_criteria)
 

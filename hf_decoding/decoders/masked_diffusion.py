@@ -25,6 +25,7 @@ from ..diffusion.config import MaskedDiffusionConfig
 from ..diffusion.outputs import MaskedDiffusionOutput
 from ..diffusion.sampling import masked_diffusion_sample
 from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
+from ..generation.cache import CACHE_NAMES
 from ..generation.loop import make_generator, option
 from ..generation.outputs import DecodingCost
 
@@ -38,7 +39,7 @@ _IGNORED_MODEL_KWARGS = frozenset(
     {
         "position_ids",
         "use_cache",
-        "past_key_values",
+        *CACHE_NAMES,
         "cache_position",
         "logits_to_keep",
         "output_attentions",

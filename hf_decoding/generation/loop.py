@@ -14,19 +14,16 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-from transformers.cache_utils import Cache
 
 from ..errors import invalid_argument
+from .cache import decode_step, get_cache, output_cache_kwargs, pad_token_tensor, prefill
 from .outputs import DecodingCost, DecodingOutput, DistortionTrace
 from .processing import ProcessorChain
 
 __all__ = [
     "StepHook",
-    "decode_step",
     "make_generator",
     "option",
-    "prefill",
-    "reorder_rows",
     "sampling_loop",
     "select_tokens",
 ]
@@ -34,9 +31,6 @@ __all__ = [
 #: Called before the processors at every step: `hook(outputs, chain, unfinished)`; may re-parameterise the chain
 #: (AutoDeco sets per-row temperature and top-p there). Whatever it returns is ignored.
 StepHook = Callable[[Any, ProcessorChain, torch.Tensor], None]
-
-_CACHE_KEYS = ("past_key_values", "cache_params", "state", "mems", "past_buckets_states")
-_ROW_KEYS = ("attention_mask", "position_ids", "token_type_ids", "mm_token_type_ids")
 
 
 def option(generation_config: GenerationConfig, name: str, value: Any, default: Any) -> Any:
@@ -64,90 +58,6 @@ def make_generator(seed: int | None, generator: torch.Generator | None, device: 
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise invalid_argument("seed", seed, "an integer")
     return torch.Generator(device=device).manual_seed(seed)
-
-
-def prefill(
-    model: Any, input_ids: torch.LongTensor, generation_config: GenerationConfig, model_kwargs: dict[str, Any]
-) -> tuple[Any, dict[str, Any]]:
-    """Runs the prompt through the model; returns `(outputs, updated model_kwargs)`.
-
-    Uses transformers' own prefill when it has one (chunked prefill and resumed caches then work as in
-    `generate`), else feeds the prompt minus whatever a passed-in cache already holds.
-    """
-    if hasattr(model, "_prefill"):
-        outputs = model._prefill(input_ids, generation_config, model_kwargs)
-    else:
-        next_sequence_length = None
-        cache = model_kwargs.get("past_key_values")
-        if isinstance(cache, Cache) and cache.get_seq_length() > 0:
-            next_sequence_length = input_ids.shape[1] - cache.get_seq_length()
-        inputs = model.prepare_inputs_for_generation(
-            input_ids, next_sequence_length=next_sequence_length, is_first_iteration=True, **model_kwargs
-        )
-        outputs = model(**inputs, return_dict=True)
-    model_kwargs = model._update_model_kwargs_for_generation(
-        outputs, model_kwargs, is_encoder_decoder=model.config.is_encoder_decoder
-    )
-    return outputs, model_kwargs
-
-
-def decode_step(
-    model: Any, input_ids: torch.LongTensor, model_kwargs: dict[str, Any], num_new_tokens: int = 1
-) -> tuple[Any, dict[str, Any]]:
-    """Feeds the last `num_new_tokens` tokens of `input_ids` (the cache holds the rest).
-
-    Passing `next_sequence_length` matters: without it transformers 5 feeds the whole sequence into the cache
-    again at every step, silently.
-    """
-    next_sequence_length = num_new_tokens if model_kwargs.get("use_cache", True) else None
-    inputs = model.prepare_inputs_for_generation(input_ids, next_sequence_length=next_sequence_length, **model_kwargs)
-    outputs = model(**inputs, return_dict=True)
-    model_kwargs = model._update_model_kwargs_for_generation(
-        outputs, model_kwargs, is_encoder_decoder=model.config.is_encoder_decoder, num_new_tokens=num_new_tokens
-    )
-    return outputs, model_kwargs
-
-
-def reorder_rows(model_kwargs: dict[str, Any], index: torch.LongTensor) -> dict[str, Any]:
-    """Re-indexes every per-row piece of `model_kwargs` (cache rows, masks, positions) with `index` of shape (R,).
-
-    `index` may repeat or drop rows (resampling, fan-out). Uses `Cache.reorder_cache`, which every cache layer
-    type implements (dynamic, static, sliding, quantized).
-    """
-    out = dict(model_kwargs)
-    for key in _CACHE_KEYS:
-        cache = out.get(key)
-        if cache is None:
-            continue
-        if isinstance(cache, Cache):
-            grows = index.shape[0] != _cache_batch_size(cache)
-            if grows and hasattr(cache, "batch_select_indices"):
-                cache.batch_select_indices(index.to(_cache_device(cache, index)))
-            else:
-                cache.reorder_cache(index.to(_cache_device(cache, index)))
-        else:
-            raise TypeError(f"Cannot re-index rows of a legacy cache of type {type(cache).__name__}.")
-    for key in _ROW_KEYS:
-        value = out.get(key)
-        if isinstance(value, torch.Tensor) and value.dim() >= 1:
-            out[key] = value.index_select(0, index.to(value.device))
-    return out
-
-
-def _cache_batch_size(cache: Cache) -> int:
-    for layer in getattr(cache, "layers", []):
-        keys = getattr(layer, "keys", None)
-        if isinstance(keys, torch.Tensor) and keys.dim() > 0:
-            return keys.shape[0]
-    return -1
-
-
-def _cache_device(cache: Cache, fallback: torch.Tensor) -> torch.device:
-    for layer in getattr(cache, "layers", []):
-        keys = getattr(layer, "keys", None)
-        if isinstance(keys, torch.Tensor):
-            return keys.device
-    return fallback.device
 
 
 def select_tokens(scores: torch.FloatTensor, do_sample: bool, generator: torch.Generator | None) -> torch.LongTensor:
@@ -192,7 +102,7 @@ def sampling_loop(
     """
     started = time.perf_counter()
     chain = ProcessorChain(logits_processor)
-    pad_token_id = generation_config._pad_token_tensor
+    pad_token_id = pad_token_tensor(generation_config)
     if pad_token_id is not None:
         pad_token_id = pad_token_id.to(input_ids.device)
     has_eos_criteria = any(hasattr(criterion, "eos_token_id") for criterion in stopping_criteria)
@@ -253,14 +163,13 @@ def sampling_loop(
     if not return_dict:
         return input_ids, records
     per_step = torch.stack(distortion, dim=-1)  # (B, new)
-    cache = next((model_kwargs[key] for key in _CACHE_KEYS if key in model_kwargs), None)
     result = DecodingOutput(
         sequences=input_ids,
         scores=scores,
         logits=tuple(raw_logits) if keep_logits else None,
         attentions=tuple(attentions) if keep_attentions else None,
         hidden_states=tuple(hidden_states) if keep_hidden else None,
-        past_key_values=cache,
+        **output_cache_kwargs(get_cache(model_kwargs)),
         distortion=DistortionTrace(per_step=per_step, total=per_step.sum(-1)),
         cost=DecodingCost(
             forward_passes=forward_passes,

@@ -31,6 +31,7 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
+from .cache import eos_token_tensor
 from .loop import select_tokens
 from .processing import ProcessorChain
 
@@ -288,11 +289,7 @@ class StepRunner:
         self.generator = generator
         self.record_token_stats = record_token_stats
         self.decode_texts = decode_texts and tokenizer is not None
-        eos = generation_config._eos_token_tensor if hasattr(generation_config, "_eos_token_tensor") else None
-        if eos is None and generation_config.eos_token_id is not None:
-            ids = generation_config.eos_token_id
-            eos = torch.tensor(ids if isinstance(ids, list) else [ids])
-        self.eos = eos.reshape(-1) if eos is not None else None
+        self.eos = eos_token_tensor(generation_config)
         self.detector: StepBoundaryDetector | None = None
         if step_config.step_delimiter is not None:
             if tokenizer is None:

@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
 
 from ..errors import invalid_argument
-from ..generation.loop import reorder_rows
+from ..generation.cache import crop_cache, forward_cache_kwargs, get_cache, new_dynamic_cache, reorder_rows, with_cache
 from .base import RewardModel, RewardSession, split_steps
 
 __all__ = ["QWEN_PRM_SYSTEM_PROMPT", "ProcessRewardModel"]
@@ -213,18 +212,18 @@ class _PRMSession(RewardSession):
         for i, p in enumerate(prefixes):
             ids[i, width - len(p) :] = torch.tensor(p, device=device)
             mask[i, width - len(p) :] = 1
-        cache = DynamicCache(config=getattr(prm.model, "config", None))
+        cache = new_dynamic_cache(prm.model)
         with torch.no_grad():
             prm.model(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                past_key_values=cache,
                 use_cache=True,
+                **forward_cache_kwargs(prm.model, cache),
             )
         self.tokens += int(mask.sum())
         index = torch.tensor([unique.index(p) for p in self.prompts], device=device)
-        self.kwargs = reorder_rows({"past_key_values": cache, "attention_mask": mask}, index)
+        self.kwargs = reorder_rows(with_cache({"attention_mask": mask}, cache), index)
         self.real_len = self.kwargs["attention_mask"].sum(-1)
 
     def reorder(self, src: Sequence[int]) -> None:
@@ -268,17 +267,21 @@ class _PRMSession(RewardSession):
         block, block_mask = block.to(device), block_mask.to(device)
         mask = torch.cat([self.kwargs["attention_mask"], block_mask], dim=-1)
         position_ids = self.real_len[:, None] + (block_mask.cumsum(-1) - 1).clamp(min=0)
-        cache = self.kwargs["past_key_values"]
+        cache = get_cache(self.kwargs)
         logits = prm._logits(
             prm.model(
-                input_ids=block, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True
+                input_ids=block,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **forward_cache_kwargs(prm.model, cache),
             )
         )  # (rows, width + 1, C)
         probs = prm._positive(logits).cpu()  # (rows, width + 1)
         self.tokens += int(block_mask.sum())
         if whole:
             # The whole-answer tag must not stay in the cache: the next step continues the text without it.
-            cache.crop(-1)
+            crop_cache(cache, 1)
             self.kwargs["attention_mask"] = mask[:, :-1]
             self.real_len = self.real_len + block_mask[:, :-1].sum(-1)
         else:

@@ -12,6 +12,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
+from ..generation.cache import eos_token_tensor, pad_token_tensor
 from ..generation.loop import make_generator, option
 from ..generation.steps import StepConfig, StepRunner
 from ..rewards.base import RewardModel, RewardSession, as_reward_model
@@ -163,10 +164,10 @@ def prepare(
             stacklevel=3,
         )
     generator = make_generator(option(generation_config, "seed", seed, None), generator, input_ids.device)
-    pad = generation_config._pad_token_tensor
+    pad = pad_token_tensor(generation_config)
     if pad is None:
-        eos = generation_config._eos_token_tensor
-        pad = eos.reshape(-1)[0] if eos is not None else torch.tensor(0)
+        eos = eos_token_tensor(generation_config)
+        pad = eos[0] if eos is not None else torch.tensor(0)
     pad_token_id = int(pad.reshape(-1)[0]) if isinstance(pad, torch.Tensor) else int(pad)
     if reward_prompts is not None:
         if isinstance(reward_prompts, str):

@@ -19,7 +19,6 @@ Vocabulary used throughout:
 
 from __future__ import annotations
 
-import copy as copy_module
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from ..generation.loop import decode_step, prefill, reorder_rows
+from ..generation.cache import copy_cache, decode_step, prefill, reorder_rows, without_cache
 
 __all__ = ["ParticleBatch", "PrefilledPrompts", "flat_ancestors"]
 
@@ -163,9 +162,7 @@ class ParticleBatch:
     ) -> ParticleBatch:
         """Fans prefilled prompts out to B·N rows; `copy=True` leaves `prompts` reusable (particle Gibbs
         iterations start from the same prefilled prompts)."""
-        model_kwargs = dict(prompts.model_kwargs)
-        if copy and model_kwargs.get("past_key_values") is not None:
-            model_kwargs["past_key_values"] = copy_module.deepcopy(model_kwargs["past_key_values"])
+        model_kwargs = copy_cache(prompts.model_kwargs) if copy else dict(prompts.model_kwargs)
         input_ids = prompts.input_ids
         fan_out = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(num_particles)
         model_kwargs = reorder_rows(model_kwargs, fan_out)  # (B·N) rows of one cache
@@ -282,7 +279,7 @@ class ParticleBatch:
         if not unchanged:
             if row_index.numel() == 0:
                 # Everything finished: release the cache.
-                self.model_kwargs = {k: v for k, v in self.model_kwargs.items() if k != "past_key_values"}
+                self.model_kwargs = without_cache(self.model_kwargs)
                 self.model_kwargs["attention_mask"] = self.attention_mask[:0]
             else:
                 self.model_kwargs = reorder_rows(self.model_kwargs, row_index)
