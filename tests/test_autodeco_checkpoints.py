@@ -11,8 +11,9 @@ import pytest
 import torch
 from conftest import build_tiny_llama
 from safetensors.torch import load, load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+import hf_decoding as hfd
 from hf_decoding.autodeco import AutoDecoConfig, AutoDecoModelForCausalLM, register_auto_classes
 from hf_decoding.errors import IncompatibleCheckpointError, InvalidDecodingArgument
 
@@ -297,3 +298,43 @@ def test_config_validation() -> None:
     with pytest.raises(InvalidDecodingArgument, match="min_top_p"):
         AutoDecoConfig(hidden_size=8, min_top_p=2.0)
     assert AutoDecoConfig(temperature_hidden_size=16).hidden_size == 16
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupted_weights_are_an_incompatible_checkpoint(model, base, tmp_path: pathlib.Path, damage: str) -> None:
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00not a safetensors file")
+    with pytest.raises(IncompatibleCheckpointError, match=r"model\.safetensors.*corrupted or truncated.*Fix"):
+        AutoDecoModelForCausalLM.from_pretrained(tmp_path, base_model=base)
+
+
+@pytest.mark.parametrize("where", ["absolute", "relative", "home"])
+def test_missing_directory_says_the_path_is_missing(base, tmp_path: pathlib.Path, where: str) -> None:
+    path = {"absolute": str(tmp_path / "nowhere"), "relative": "./runs/nowhere", "home": "~/nowhere/heads"}[where]
+    with pytest.raises(InvalidDecodingArgument, match=r"pretrained_model_name_or_path.*No directory .*nowhere"):
+        AutoDecoModelForCausalLM.from_pretrained(path, base_model=base)
+
+
+def test_a_file_is_not_a_checkpoint_directory(model, base, tmp_path: pathlib.Path) -> None:
+    model.save_pretrained(tmp_path)
+    with pytest.raises(InvalidDecodingArgument, match="It is a file"):
+        AutoDecoModelForCausalLM.from_pretrained(tmp_path / "model.safetensors", base_model=base)
+
+
+def test_unreachable_hub_id_names_both_places(base, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(IncompatibleCheckpointError, match=r"no directory .*org/heads.* exists here and the Hub"):
+        AutoDecoModelForCausalLM.from_pretrained("org/heads", base_model=base, local_files_only=True)
+
+
+def test_custom_generate_checks_heads_against_the_base(base) -> None:
+    config = build_tiny_llama().config
+    config.hidden_size, config.intermediate_size = 64, 128
+    wide = AutoDecoModelForCausalLM.from_base(LlamaForCausalLM(config).eval(), seed=0)  # heads of hidden size 64
+    inputs = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    for given in (wide.heads, wide):
+        with pytest.raises(IncompatibleCheckpointError, match=r"hidden size 64.*hidden size 32"):
+            base.generate(**inputs, custom_generate=hfd.decoders.autodeco, autodeco_heads=given, max_new_tokens=2)

@@ -6,7 +6,8 @@ import pathlib
 
 import pytest
 import torch
-from conftest import PAD, build_tiny_llama
+from conftest import EOS, PAD, build_tiny_llama
+from transformers import LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 import hf_decoding as hfd
@@ -59,7 +60,7 @@ def test_user_values_are_multipliers(constant_model, prompt) -> None:
     out = constant_model.generate(
         **prompt, max_new_tokens=5, temperature=0.5, top_p=0.5, seed=0, return_dict_in_generate=True
     )
-    alive = out.autodeco.temperature != 0
+    alive = ~out.autodeco.temperature.isnan()
     torch.testing.assert_close(out.autodeco.temperature[alive], torch.full((int(alive.sum()),), 0.4))
     torch.testing.assert_close(out.autodeco.top_p[alive], torch.full((int(alive.sum()),), 0.45))
     # p = clamp(P̂ · p_user, 0, 1): the wrapper's default multipliers are 1.
@@ -71,7 +72,8 @@ def test_temperature_zero_is_greedy(model, base, prompt) -> None:
     out = model.generate(**prompt, max_new_tokens=6, temperature=0.0, return_dict_in_generate=True)
     greedy = base.generate(**prompt, max_new_tokens=6, do_sample=False)
     assert torch.equal(out.sequences, greedy)
-    assert bool((out.autodeco.temperature == 0).all())
+    alive = ~out.autodeco.temperature.isnan()
+    assert bool((out.autodeco.temperature[alive] == 0).all())
     assert torch.equal(model.generate(**prompt, max_new_tokens=6, do_sample=False), greedy)
 
 
@@ -253,3 +255,34 @@ def test_building_heads_leaves_the_global_rng_alone(base) -> None:
     state = torch.get_rng_state()
     AutoDecoModelForCausalLM.from_base(base, seed=5, init_temperature=0.5)
     assert torch.equal(state, torch.get_rng_state())
+
+
+class _EndRowZeroFirst:
+    """Forces EOS on row 0 at its first new token, so that row 0 finishes while the others go on."""
+
+    def __init__(self, prompt_len: int, eos: int):
+        self.prompt_len, self.eos = prompt_len, eos
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] != self.prompt_len:
+            return scores
+        forced = torch.full_like(scores[0], float("-inf"))
+        forced[self.eos] = 0.0
+        return torch.cat([forced[None], scores[1:]])
+
+
+def test_positions_after_a_row_finished_are_nan(model, prompt) -> None:
+    width = prompt["input_ids"].shape[1]
+    out = model.generate(
+        **prompt,
+        max_new_tokens=5,
+        min_new_tokens=0,
+        seed=0,
+        return_dict_in_generate=True,
+        logits_processor=LogitsProcessorList([_EndRowZeroFirst(width, EOS)]),
+    )
+    assert out.sequences[0, width] == EOS and out.sequences.shape[1] > width + 1
+    for trace in (out.autodeco.temperature, out.autodeco.top_p):
+        # Row 0: a prediction for its EOS step, NaN afterwards (no prediction was made there, not top-p = 0).
+        assert not bool(trace[0, 0].isnan()) and bool(trace[0, 1:].isnan().all())
+        assert not bool(trace[1:, 0].isnan().any())

@@ -116,6 +116,16 @@ def test_zero_temperature_with_sampling_is_rejected(enabled_model, prompt):
         enabled_model.generate(**prompt, decoding="sample", do_sample=True, temperature=0.0, max_new_tokens=2)
 
 
+@pytest.mark.parametrize("decoding", ["sample", "distortion_aware_nucleus", "globally_normalized"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_infinite_temperature_is_rejected(enabled_model, prompt, decoding, value):
+    with pytest.raises(InvalidDecodingArgument, match=r"`temperature` must be a finite number, got -?inf.*1e4"):
+        enabled_model.generate(**prompt, decoding=decoding, do_sample=True, temperature=value, max_new_tokens=2)
+    config = GenerationConfig(do_sample=True, temperature=value, max_new_tokens=2)
+    with pytest.raises(InvalidDecodingArgument, match="finite"):
+        enabled_model.generate(**prompt, decoding=decoding, generation_config=config)
+
+
 def test_nan_logits_raise_invalid_logits_error(prompt):
     model = hf_decoding.enable(build_tiny_llama())
     with torch.no_grad():
@@ -162,6 +172,34 @@ def test_all_minus_inf_row_raises_invalid_logits_error(enabled_model, prompt, do
     message = str(excinfo.value)
     assert "-inf" in message
     assert "[1]" in message
+
+
+class _NanRow(LogitsProcessor):
+    """Writes NaN into one row's scores (e.g. a 0/0 in a user's processor)."""
+
+    def __init__(self, row: int):
+        self.row = row
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[self.row, :4] = float("nan")
+        return scores
+
+
+@pytest.mark.parametrize("decoding", ["sample", "distortion_aware_nucleus"])
+def test_nan_from_a_processor_names_the_processor_and_rows(enabled_model, prompt, decoding):
+    with pytest.raises(InvalidLogitsError) as excinfo:
+        enabled_model.generate(
+            **prompt, decoding=decoding, do_sample=True, top_p=0.9, max_new_tokens=3, logits_processor=[_NanRow(2)]
+        )
+    message = str(excinfo.value)
+    assert "NaN after `_NanRow`" in message and "rows [2]" in message and "step 0" in message
+    assert "Fix:" in message
+
+
+def test_all_minus_inf_row_names_the_processor(enabled_model, prompt):
+    with pytest.raises(InvalidLogitsError, match=r"-inf after `_KillRow`.*rows \[0\]"):
+        enabled_model.generate(**prompt, decoding="sample", max_new_tokens=3, logits_processor=[_KillRow(0)])
 
 
 def test_plus_inf_logits_raise_invalid_logits_error(prompt, monkeypatch):
@@ -432,3 +470,78 @@ def test_error_hierarchy():
     assert issubclass(UnknownDecodingError, ValueError)
     assert issubclass(hf_decoding.MissingModelError, ImportError)
     assert issubclass(hf_decoding.RewardModelError, RuntimeError)
+
+
+# ------------------------------------------------------------------------------------------------ probed inputs
+_CAUSAL = [
+    "sample",
+    "distortion_aware_nucleus",
+    "globally_normalized",
+    "best_of_n",
+    "weighted_best_of_n",
+    "self_consistency",
+    "particle_filter",
+    "particle_gibbs",
+    "parallel_tempering",
+    "beam_search_prm",
+    "dvts",
+]
+
+
+def _reward(prompts, texts):
+    return [[0.5] for _ in texts]
+
+
+def _options(decoding: str, char_tokenizer) -> dict:
+    options = {"do_sample": True, "max_new_tokens": 2, "seed": 0}
+    if decoding in ("sample", "distortion_aware_nucleus", "globally_normalized"):
+        return options
+    options.update(num_particles=2, tokenizer=char_tokenizer)
+    if decoding != "self_consistency":
+        options["reward_model"] = _reward
+    if decoding in ("beam_search_prm", "dvts"):
+        options["beam_width"] = 1
+    return options
+
+
+@pytest.mark.parametrize("decoding", _CAUSAL)
+def test_empty_prompt_is_named(enabled_model, char_tokenizer, decoding):
+    with pytest.raises(InvalidDecodingArgument, match=r"`input_ids` .*at least one prompt token.*\(1, 0\).*BOS"):
+        enabled_model.generate(
+            input_ids=torch.zeros(1, 0, dtype=torch.long), decoding=decoding, **_options(decoding, char_tokenizer)
+        )
+
+
+@pytest.mark.parametrize("decoding", _CAUSAL)
+def test_all_padding_row_is_named(enabled_model, char_tokenizer, decoding):
+    ids = torch.tensor([[5, 6, 7], [0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1], [0, 0, 0]])
+    with pytest.raises(InvalidDecodingArgument, match=r"`attention_mask` .*all zeros in batch rows \[1\].*empty"):
+        enabled_model.generate(
+            input_ids=ids, attention_mask=mask, decoding=decoding, **_options(decoding, char_tokenizer)
+        )
+
+
+@pytest.mark.parametrize("ladder", [2.0, 0, "1,2", True])
+def test_temperature_ladder_must_be_a_list(enabled_model, char_tokenizer, ladder):
+    with pytest.raises(InvalidDecodingArgument, match=r"`temperature_ladder` must be a non-empty list.*\[1\.0, 2\.0"):
+        enabled_model.generate(
+            input_ids=torch.tensor([[5, 6, 7]]),
+            decoding="parallel_tempering",
+            temperature_ladder=ladder,
+            num_iterations=1,
+            **_options("parallel_tempering", char_tokenizer),
+        )
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "x", True])
+def test_nucleus_prefilter_k_is_named_as_passed(enabled_model, value):
+    with pytest.raises(InvalidDecodingArgument, match=r"`nucleus_prefilter_k` must be a positive integer"):
+        enabled_model.generate(
+            input_ids=torch.tensor([[5, 6, 7]]),
+            decoding="distortion_aware_nucleus",
+            do_sample=True,
+            top_p=0.9,
+            nucleus_prefilter_k=value,
+            max_new_tokens=2,
+        )

@@ -157,6 +157,17 @@ def test_steps_is_llada_name_for_diffusion_steps(bert, prompts):
         bert.generate(**prompts, gen_length=8, steps=4, diffusion_steps=2)
 
 
+def test_remasking_is_llada_name_for_unmasking(bert, prompts):
+    for rule in ("low_confidence", "random"):
+        options = {"gen_length": 8, "diffusion_steps": 4, "do_sample": True, "top_k": 0, "seed": 0}
+        llada = bert.generate(**prompts, remasking=rule, **options)
+        assert torch.equal(llada, bert.generate(**prompts, unmasking=rule, **options))
+    with pytest.raises(InvalidDecodingArgument, match=r"remasking.*unmasking='random'.*only one"):
+        bert.generate(**prompts, gen_length=8, remasking="low_confidence", unmasking="random")
+    with pytest.raises(InvalidDecodingArgument, match="unmasking"):
+        bert.generate(**prompts, gen_length=8, remasking="no_such_rule")
+
+
 def test_registered_under_its_name():
     assert "masked_diffusion" in hfd.available_decoders()
     assert hfd.get_decoder("masked_diffusion") is hfd.decoders.masked_diffusion

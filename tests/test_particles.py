@@ -525,6 +525,31 @@ def test_reward_failures_are_typed(model):
         run(model, num_particles=2, reward_model=lambda p, t: [[0.5]], tokens_per_step=2)
 
 
+@pytest.mark.parametrize("returned", ["0.5", None, [0.1, "high"]], ids=["str", "None", "str-in-list"])
+def test_reward_returning_non_numbers_names_the_type(model, returned):
+    def reward(prompts, texts):
+        return [returned if isinstance(returned, list) else [returned] for _ in texts]
+
+    kind = "NoneType" if returned is None else "str"
+    for on_reward_error in ("raise", "neg_inf"):  # a wrong type is a bug of the reward, never a weight of -inf
+        with pytest.raises(RewardModelError, match=rf"returned {kind} .*instead of a number.*Fix"):
+            run(model, num_particles=2, reward_model=reward, tokens_per_step=2, on_reward_error=on_reward_error)
+
+
+def test_reward_numbers_of_any_kind_are_accepted(model):
+    import numpy as np
+
+    kinds = [np.float32(0.5), torch.tensor(0.25), True, 1]
+    out = run(
+        model,
+        num_particles=4,
+        reward_model=lambda p, t: [[kinds[i % 4]] for i in range(len(t))],
+        tokens_per_step=2,
+        max_new_tokens=2,
+    )
+    assert torch.isfinite(out.particles.log_weights).all()
+
+
 # ------------------------------------------------------------------------------------------------ exact evidence
 def test_decoder_evidence_estimate_matches_enumeration(model):
     """Two 1-token steps, top-3 proposal, log transform: E[exp(log Z_hat)] = sum_x q(x) r(x_1) r(x_1 x_2)."""

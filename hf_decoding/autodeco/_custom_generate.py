@@ -210,8 +210,9 @@ def _loop(
                 tokens = torch.argmax(scores, dim=-1)
             if has_eos:
                 tokens = torch.where(unfinished, tokens, pad.to(input_ids.device))
-            applied_t.append(torch.where(unfinished, final_t if do_sample else 0 * final_t, 0.0))
-            applied_p.append(torch.where(unfinished, final_p, 0.0))
+            # Positions after a row finished hold NaN: no prediction was made there.
+            applied_t.append(torch.where(unfinished, final_t if do_sample else 0 * final_t, float("nan")))
+            applied_p.append(torch.where(unfinished, final_p, float("nan")))
             input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
             if streamer is not None:
                 streamer.put(tokens.cpu())

@@ -15,12 +15,13 @@ import functools
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput, cached_file
@@ -189,7 +190,7 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         if base_model is None:
             base_model = _load_base(config)
-        _check_base(config, base_model)
+        check_base_fits(config, base_model)
         self.llm = base_model
         self.heads = AutoDecoHeads(config)
         self.heads.reset_parameters(seed=0)
@@ -296,8 +297,20 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
         if kwargs:
             logger.debug("AutoDecoModelForCausalLM.from_pretrained ignores %s", sorted(kwargs))
         path = os.fspath(pretrained_model_name_or_path)
+        _check_source(path)
         if config is None or not isinstance(config, AutoDecoConfig):
-            config = AutoDecoConfig.from_pretrained(path, **hub)
+            try:
+                config = AutoDecoConfig.from_pretrained(path, **hub)
+            except OSError as err:
+                where = (
+                    f"no directory `{os.path.abspath(path)}` exists here and the Hub"
+                    if not os.path.isdir(path)
+                    else "the directory"
+                )
+                raise IncompatibleCheckpointError(
+                    f"Could not read an AutoDeco config from `{path}`: {where} gave: {err} Fix: pass a directory "
+                    "written by `AutoDecoModelForCausalLM.save_pretrained` or the Hub id of an AutoDeco checkpoint."
+                ) from err
         if base_model_name_or_path is not None:
             config.base_model_name_or_path = base_model_name_or_path
         if base_model is None:
@@ -608,8 +621,9 @@ def _is_peft_model(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _check_base(config: AutoDecoConfig, base: Any) -> None:
-    """Raises [`IncompatibleCheckpointError`] when `base` does not fit the heads described by `config`."""
+def check_base_fits(config: AutoDecoConfig, base: Any) -> None:
+    """Raises [`IncompatibleCheckpointError`] when `base` does not fit the heads described by `config` (hidden size,
+    then model type)."""
     size = base_hidden_size(base)
     if config.hidden_size is None:
         config.hidden_size = size
@@ -714,8 +728,39 @@ def _load_head_tensors(path: str, hub: dict[str, Any]) -> dict[str, torch.Tensor
 
 
 def _read_keys(filename: str, keep: Any) -> dict[str, torch.Tensor]:
-    with safe_open(filename, framework="pt") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys() if keep(key)}  # noqa: SIM118
+    try:
+        with safe_open(filename, framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys() if keep(key)}  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise IncompatibleCheckpointError(
+            f"`{filename}` is not a readable safetensors file ({err}); it is corrupted or truncated. Fix: save or "
+            "download the checkpoint again (`force_download=True` for a Hub repository)."
+        ) from err
+
+
+# A Hub repo id: `name` or `namespace/name` (letters, digits, `-`, `_`, `.`), not starting with `.` or `-`.
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[A-Za-z0-9_][\w.-]*)?")
+
+
+def _check_source(path: str) -> None:
+    """A path that can only be local (absolute, `./`, `~`, several `/`, ...) must exist as a directory."""
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise invalid_argument(
+            "pretrained_model_name_or_path",
+            path,
+            "a directory or a Hub repo id",
+            "It is a file; pass the directory that holds `config.json` and `model.safetensors`.",
+        )
+    if not _HUB_ID.fullmatch(path) or path.startswith("~"):
+        raise invalid_argument(
+            "pretrained_model_name_or_path",
+            path,
+            "an existing directory or a Hub repo id (`namespace/name`)",
+            f"No directory `{os.path.abspath(os.path.expanduser(path))}` exists; check the path (save the heads "
+            "there with `save_pretrained` first).",
+        )
 
 
 _REGISTERED = False

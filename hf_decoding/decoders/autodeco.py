@@ -26,6 +26,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from ..autodeco.heads import AutoDecoHeads, capture_lm_head_input
+from ..autodeco.modeling import AutoDecoModelForCausalLM, check_base_fits
 from ..errors import invalid_argument
 from ..generation.loop import make_generator, option, sampling_loop
 from ..generation.outputs import AutoDecoTrace, DecodingOutput
@@ -83,18 +85,18 @@ def apply_multipliers(
 
 def resolve_heads(model: Any, autodeco_heads: Any) -> Any:
     """The [`AutoDecoHeads`] to use: `autodeco_heads` (heads, an AutoDeco model, or a checkpoint path / Hub id),
-    else the heads of `model` itself."""
-    from ..autodeco.heads import AutoDecoHeads
+    else the heads of `model` itself.
 
+    Raises:
+        [`IncompatibleCheckpointError`]: the heads were built for another hidden size or model type than `model`'s.
+    """
     source = autodeco_heads if autodeco_heads is not None else model
-    if isinstance(source, AutoDecoHeads):
-        return source
-    heads = getattr(source, "heads", None)
+    heads = source if isinstance(source, AutoDecoHeads) else getattr(source, "heads", None)
     if isinstance(heads, AutoDecoHeads):
+        if source is not model:
+            check_base_fits(heads.config, model.llm if isinstance(model, AutoDecoModelForCausalLM) else model)
         return heads
     if isinstance(source, (str, os.PathLike)):
-        from ..autodeco.modeling import AutoDecoModelForCausalLM
-
         return AutoDecoModelForCausalLM.from_pretrained(source, base_model=model).heads
     raise invalid_argument(
         "autodeco_heads",
@@ -130,11 +132,9 @@ def autodeco(
 
     Returns:
         The token tensor, or a [`DecodingOutput`] whose `autodeco` field holds the applied `temperature` and `top_p`
-        (`(B, new)`, 0 after a row finished; the temperature is 0 under greedy decoding) and whose `distortion`
+        (`(B, new)`, NaN after a row finished; the temperature is 0 under greedy decoding) and whose `distortion`
         is measured with the per-row temperatures.
     """
-    from ..autodeco.heads import capture_lm_head_input
-
     heads = resolve_heads(model, autodeco_heads)
     user_t = 1.0 if generation_config.temperature is None else float(generation_config.temperature)
     user_p = 1.0 if generation_config.top_p is None else float(generation_config.top_p)

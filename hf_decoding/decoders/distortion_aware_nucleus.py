@@ -9,7 +9,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from ..errors import HfDecodingWarning
+from ..errors import HfDecodingWarning, invalid_argument
 from ..generation.loop import make_generator, option, sampling_loop
 from ..generation.outputs import DecodingOutput
 from ..processors.distortion import is_normalization, is_warper
@@ -87,6 +87,10 @@ def distortion_aware_nucleus(
             stacklevel=3,
         )
     prefilter_k = option(generation_config, "nucleus_prefilter_k", nucleus_prefilter_k, 256)
+    if not isinstance(prefilter_k, int) or isinstance(prefilter_k, bool) or prefilter_k <= 0:
+        raise invalid_argument(
+            "nucleus_prefilter_k", prefilter_k, "a positive integer", "256 is a good default; it only affects speed."
+        )
     processors = with_distortion_aware_nucleus(logits_processor, top_p, prefilter_k)
     if not generation_config.do_sample:
         processors = logits_processor

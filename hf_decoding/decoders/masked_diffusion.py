@@ -62,6 +62,7 @@ def masked_diffusion(
     steps: int | None = None,
     block_length: int | None = None,
     unmasking: str | None = None,
+    remasking: str | None = None,
     unmasking_confidence: str | None = None,
     unmasking_schedule: str | None = None,
     schedule_eps: float | None = None,
@@ -106,6 +107,8 @@ def masked_diffusion(
             `gen_length` and `stop_at_eos`; others are not applied (warned).
         generation_config (`GenerationConfig`, *optional*): the merged config of the call.
         steps (`int`, *optional*): LLaDA's name for `diffusion_steps` (either may be given; both must then agree).
+        remasking (`str`, *optional*): LLaDA's / Fast-dLLM's name for `unmasking` (`"low_confidence"`,
+            `"random"`, ...); an alias under the same rule: either may be given, both must then agree.
         gen_length, diffusion_steps, block_length, unmasking, unmasking_confidence, unmasking_schedule, schedule_eps, unmasking_threshold,
         unmasking_entropy_bound, cfg_scale, suppress_eos, defer_eos, stop_at_eos, logits_shift, mask_token_id,
         output_history: see [`MaskedDiffusionConfig`]. `gen_length` defaults to `max_new_tokens` when that is
@@ -147,12 +150,20 @@ def masked_diffusion(
             "`steps` is LLaDA's name for `diffusion_steps`: pass only one of them.",
         )
     call_steps = diffusion_steps if diffusion_steps is not None else steps
+    if remasking is not None and unmasking is not None and remasking != unmasking:
+        raise invalid_argument(
+            "remasking",
+            remasking,
+            f"equal to unmasking={unmasking!r} when both are given",
+            "`remasking` is LLaDA's name for `unmasking`: pass only one of them.",
+        )
+    call_unmasking = unmasking if unmasking is not None else remasking
     max_new_tokens = getattr(generation_config, "max_new_tokens", None)
     config = MaskedDiffusionConfig(
         gen_length=pick("gen_length", gen_length, max_new_tokens if max_new_tokens else 128),
         diffusion_steps=pick("diffusion_steps", call_steps, getattr(generation_config, "steps", None)),
         block_length=pick("block_length", block_length, None),
-        unmasking=pick("unmasking", unmasking, "low_confidence"),
+        unmasking=pick("unmasking", call_unmasking, getattr(generation_config, "remasking", None) or "low_confidence"),
         unmasking_confidence=pick("unmasking_confidence", unmasking_confidence, "candidate"),
         unmasking_schedule=pick("unmasking_schedule", unmasking_schedule, "linear"),
         schedule_eps=pick("schedule_eps", schedule_eps, 1e-3),

@@ -142,7 +142,15 @@ def parallel_tempering(
         answer_extractor=answer_extractor,
     )
     iterations = _positive_int("num_iterations", option(generation_config, "num_iterations", num_iterations, 2))
-    ladder = list(option(generation_config, "temperature_ladder", temperature_ladder, (1.0, 2.0, 4.0)))
+    ladder = option(generation_config, "temperature_ladder", temperature_ladder, (1.0, 2.0, 4.0))
+    if isinstance(ladder, (str, bytes)) or not hasattr(ladder, "__iter__"):
+        raise invalid_argument(
+            "temperature_ladder",
+            ladder,
+            "a non-empty list of finite temperatures > 0",
+            "One chain per temperature: e.g. temperature_ladder=[1.0, 2.0, 4.0] (a single chain: [1.0]).",
+        )
+    ladder = list(ladder)
     if not ladder or any(
         isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0 for t in ladder
     ):

@@ -25,6 +25,8 @@ from transformers.cache_utils import Cache, DynamicCache, StaticLayer, StaticSli
 from transformers.generation import utils as generation_utils
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .validation import validate_prompt
+
 __all__ = [
     "CACHE_KWARG",
     "CACHE_NAMES",
@@ -257,11 +259,19 @@ def prefill(
 ) -> tuple[Any, dict[str, Any]]:
     """Runs the prompt through the model; returns `(outputs, updated model_kwargs)`.
 
+    Raises [`InvalidDecodingArgument`] for an empty prompt or an all-padding row (`validate_prompt`).
+
     Uses transformers' own `_prefill` when it has one (checked 5.17-5.25: `_prefill(input_ids, generation_config,
     model_kwargs)`; chunked prefill and resumed caches then work as in `generate`), else feeds the prompt minus
     whatever a passed-in cache already holds.
     """
     model_kwargs = with_cache(model_kwargs, get_cache(model_kwargs))  # one name, the installed release's
+    cache = get_cache(model_kwargs)
+    validate_prompt(
+        input_ids,
+        model_kwargs.get("attention_mask"),
+        cache.get_seq_length() if isinstance(cache, Cache) else 0,
+    )
     if hasattr(model, "_prefill"):
         outputs = model._prefill(input_ids, generation_config, model_kwargs)
     else:

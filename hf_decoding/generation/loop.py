@@ -94,7 +94,7 @@ def sampling_loop(
         generator (`torch.Generator`, *optional*): source of randomness (`None`: torch's global generator).
         step_hook (`StepHook`, *optional*): called before the processors at every step.
         step_records (`dict[str, list[torch.Tensor]]`, *optional*): lists a hook appends per-step `(B,)` values to;
-            masked to 0 after a row finished and returned stacked as `(B, steps)` in the second return value.
+            masked to NaN after a row finished and returned stacked as `(B, steps)` in the second return value.
 
     Returns:
         `(result, records)`: `result` is the `(B, L + new)` token tensor, or a [`DecodingOutput`] when
@@ -183,12 +183,12 @@ def sampling_loop(
 def _stack_records(
     step_records: dict[str, list[torch.Tensor]] | None, alive: list[torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """Stacks per-step `(B,)` records into `(B, steps)`, zero after each row finished."""
+    """Stacks per-step `(B,)` records into `(B, steps)`, NaN after each row finished (nothing was predicted there)."""
     if not step_records:
         return {}
     mask = torch.stack(alive, dim=-1)  # (B, steps)
     out = {}
     for key, values in step_records.items():
-        stacked = torch.stack(values, dim=-1) if values else torch.zeros_like(mask, dtype=torch.float32)
-        out[key] = torch.where(mask, stacked, torch.zeros((), dtype=stacked.dtype, device=stacked.device))
+        stacked = torch.stack(values, dim=-1).float() if values else torch.zeros_like(mask, dtype=torch.float32)
+        out[key] = torch.where(mask, stacked, torch.full((), float("nan"), dtype=stacked.dtype, device=stacked.device))
     return out

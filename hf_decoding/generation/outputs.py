@@ -48,8 +48,10 @@ class AutoDecoTrace:
     """Temperatures and top-p values that AutoDeco actually applied.
 
     Args:
-        temperature (`torch.FloatTensor` of shape `(batch_size, new_tokens)`): applied temperature per token.
-        top_p (`torch.FloatTensor` of shape `(batch_size, new_tokens)`): applied top-p per token.
+        temperature (`torch.FloatTensor` of shape `(batch_size, new_tokens)`): applied temperature per token; NaN at
+            positions after the row finished (no prediction was made there), 0 under greedy decoding.
+        top_p (`torch.FloatTensor` of shape `(batch_size, new_tokens)`): applied top-p per token; NaN after the row
+            finished.
     """
 
     temperature: torch.Tensor

@@ -55,43 +55,86 @@ class ProcessorChain:
     ) -> tuple[torch.FloatTensor, torch.FloatTensor]:
         """Applies the chain to `logits` of shape `(B, V)`; returns `(scores (B, V), distortion (B,))`.
 
-        Raises [`InvalidLogitsError`] when a row of the raw logits holds a NaN or is entirely `-inf`.
+        Raises [`InvalidLogitsError`] when a row of the raw logits or of the scores after any processor holds a NaN
+        or a `+inf`, or has every token at `-inf`; the message names the rows and the processor that produced it.
         """
         reference = self.pre(input_ids, logits) if self.pre else logits
         lse_reference = torch.logsumexp(reference.float(), dim=-1)  # (B,)
-        if not bool(torch.isfinite(lse_reference).all()):
-            self._raise_invalid(logits, reference, step)
         scores = self.warp(input_ids, reference) if self.warp else reference
+        lse_scores = torch.logsumexp(scores.float(), dim=-1) if self.warp else lse_reference
         if self.warp:
             temperature = self.temperature()
             if isinstance(temperature, torch.Tensor):
                 temperature = temperature.to(device=logits.device, dtype=torch.float32)
-            distortion = lse_reference / temperature - torch.logsumexp(scores.float(), dim=-1)
+            distortion = lse_reference / temperature - lse_scores
         else:
             distortion = torch.zeros_like(lse_reference)
         if self.post:
             scores = self.post(input_ids, scores)
+        # NaN and +inf propagate into the log-sum-exp and an all -inf row gives -inf: one check, one sync.
+        finite = torch.isfinite(lse_reference) & torch.isfinite(lse_scores)
+        if self.post:
+            finite &= ~torch.isnan(scores).any(-1)
+        if not bool(finite.all()):
+            self._raise_invalid(input_ids, logits, step, _rows(~finite))
         return scores, distortion
 
-    @staticmethod
-    def _raise_invalid(logits: torch.Tensor, reference: torch.Tensor, step: int | None) -> None:
+    def _raise_invalid(
+        self, input_ids: torch.LongTensor, logits: torch.Tensor, step: int | None, bad_rows: list[int]
+    ) -> None:
+        """Finds where the scores went bad (the model, or the first processor whose output is invalid) and raises."""
         where = f" at generation step {step}" if step is not None else ""
-        nan_rows = torch.isnan(logits).any(-1).nonzero().flatten().tolist()
+        nan_rows = _rows(torch.isnan(logits).any(-1))
         if nan_rows:
             raise InvalidLogitsError(
                 f"The model produced NaN logits{where} in batch rows {nan_rows}. Fix: check the inputs and the "
                 "model weights, or run the model in float32 (half precision can overflow); transformers' "
                 "`remove_invalid_values=True` replaces NaN/inf scores if you prefer to continue."
             )
-        inf_rows = torch.isposinf(reference).any(-1).nonzero().flatten().tolist()
-        if inf_rows:
+        scores, source = logits, "the model's logits"
+        for processor in [None, *self.processors]:
+            if processor is not None:
+                scores, source = processor(input_ids, scores), f"`{type(processor).__name__}`"
+            problem = _invalid(scores)
+            if problem is None:
+                continue
+            kind, rows = problem
+            if kind == "nan":
+                raise InvalidLogitsError(
+                    f"The scores hold NaN after {source}{where} in batch rows {rows}. Fix: that processor "
+                    "produced NaN (e.g. 0/0, log(0) - log(0), inf - inf); correct it, or pass "
+                    "`remove_invalid_values=True` to replace NaN/inf scores."
+                )
+            if kind == "+inf":
+                raise InvalidLogitsError(
+                    f"The scores hold +inf after {source}{where} in batch rows {rows}: no distribution can be "
+                    "formed. Fix: check the model and any processor that adds a bias (sequence_bias, a custom "
+                    "logits_processor); `remove_invalid_values=True` replaces NaN/inf scores if you prefer to "
+                    "continue."
+                )
             raise InvalidLogitsError(
-                f"The scores hold +inf{where} in batch rows {inf_rows}: no distribution can be formed. Fix: check "
-                "the model and any processor that adds a bias (sequence_bias, a custom logits_processor); "
-                "transformers' `remove_invalid_values=True` replaces NaN/inf scores if you prefer to continue."
+                f"Every token has score -inf after {source}{where} in batch rows {rows}: nothing can be sampled. "
+                "Fix: that processor (bad_words_ids, sequence_bias, a constraint) removed every token; relax it."
             )
-        dead_rows = torch.isneginf(reference).all(-1).nonzero().flatten().tolist()
-        raise InvalidLogitsError(
-            f"Every token has score -inf{where} in batch rows {dead_rows or 'unknown'}: nothing can be sampled. "
-            "Fix: a processor (bad_words_ids, sequence_bias, a constraint) removed every token; relax it."
+        raise InvalidLogitsError(  # a processor with state that did not reproduce its output when re-run
+            f"The scores are NaN, +inf or all -inf{where} in batch rows {bad_rows} after the logits processors "
+            f"({', '.join(type(p).__name__ for p in self.processors)}). Fix: check the custom processors; "
+            "`remove_invalid_values=True` replaces NaN/inf scores if you prefer to continue."
         )
+
+
+def _rows(mask: torch.Tensor) -> list[int]:
+    return mask.nonzero().flatten().tolist()
+
+
+def _invalid(scores: torch.Tensor) -> tuple[str, list[int]] | None:
+    """`(kind, rows)` of the first kind of invalid score found in `scores (B, V)`, else `None`."""
+    for kind, mask in (
+        ("nan", torch.isnan(scores).any(-1)),
+        ("+inf", torch.isposinf(scores).any(-1)),
+        ("-inf", torch.isneginf(scores).all(-1)),
+    ):
+        rows = _rows(mask)
+        if rows:
+            return kind, rows
+    return None

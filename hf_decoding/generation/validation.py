@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from transformers import GenerationConfig
 
 from ..errors import invalid_argument
 
-__all__ = ["validate_sampling_arguments"]
+__all__ = ["validate_prompt", "validate_sampling_arguments"]
 
 
 def _is_int(value: Any) -> bool:
@@ -42,6 +43,14 @@ def validate_sampling_arguments(call_kwargs: dict[str, Any], *configs: Generatio
     if temperature is not None:
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or math.isnan(temperature):
             raise invalid_argument("temperature", temperature, "a non-negative number")
+        if math.isinf(temperature):
+            raise invalid_argument(
+                "temperature",
+                temperature,
+                "a finite number",
+                "temperature=inf divides every logit by inf (all scores 0 or NaN); for uniform sampling over the "
+                "kept tokens use a large finite value such as 1e4.",
+            )
         if temperature < 0:
             raise invalid_argument(
                 "temperature", temperature, "non-negative", "Use a value > 0 to sample, or do_sample=False for greedy."
@@ -77,3 +86,29 @@ def validate_sampling_arguments(call_kwargs: dict[str, Any], *configs: Generatio
     num_return_sequences = call_kwargs.get("num_return_sequences")
     if num_return_sequences is not None and (not _is_int(num_return_sequences) or num_return_sequences < 1):
         raise invalid_argument("num_return_sequences", num_return_sequences, "a positive integer")
+
+
+def validate_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cached_tokens: int = 0) -> None:
+    """Raises [`InvalidDecodingArgument`] for a prompt a causal LM cannot continue: no token at all (shape `(B, 0)`)
+    or a row whose attention mask is all zeros (an empty prompt padded to the batch width).
+
+    `cached_tokens` counts prompt tokens already held by a passed-in cache (those rows are not empty).
+    """
+    if input_ids.shape[-1] == 0 and cached_tokens == 0:
+        raise invalid_argument(
+            "input_ids",
+            f"a tensor of shape {tuple(input_ids.shape)}",
+            "at least one prompt token per row",
+            "A causal LM needs a token to condition on: start the prompt with the BOS token "
+            "(`tokenizer.bos_token_id`) or a chat template.",
+        )
+    if attention_mask is not None and attention_mask.dim() == 2 and cached_tokens == 0:
+        empty = (attention_mask == 0).all(-1).nonzero().flatten().tolist()
+        if empty:
+            raise invalid_argument(
+                "attention_mask",
+                f"all zeros in batch rows {empty}",
+                "at least one attended prompt token per row",
+                "Those prompts are empty (e.g. an empty string padded to the batch): drop them, or start each prompt "
+                "with the BOS token (`tokenizer.bos_token_id`).",
+            )

@@ -20,9 +20,12 @@ Failures: a reward that raises, returns NaN, or returns something of the wrong s
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import torch
 
 from ..errors import HfDecodingWarning, InvalidDecodingArgument, RewardModelError
 
@@ -261,10 +264,14 @@ class RewardSession:
         bad: list[int] = []
         for slot, item in zip(slots, raw, strict=False):
             values = list(item) if isinstance(item, (list, tuple)) else [item]
-            try:
-                values = [float(v) for v in values]
-            except (TypeError, ValueError):
-                values = [math.nan]
+            wrong = [v for v in values if not _is_number(v)]
+            if wrong:  # a bug of the reward, not a score: raised whatever `on_reward_error` says
+                raise RewardModelError(
+                    f"The reward model returned {type(wrong[0]).__name__} ({wrong[0]!r:.60}) instead of a number for "
+                    f"{self._where([slot], step_index)}. Fix: `score` must return lists of floats (convert parsed "
+                    "text with float(...), tensors with .item())."
+                )
+            values = [float(v) for v in values]
             if not values or any(math.isnan(v) or v == math.inf for v in values):
                 bad.append(slot)
                 values = [-math.inf]
@@ -283,3 +290,10 @@ class RewardSession:
                 stacklevel=3,
             )
         return out
+
+
+def _is_number(value: Any) -> bool:
+    """A real number (bools count as 0 / 1), a NumPy scalar or a one-element tensor; not a string or a container."""
+    if isinstance(value, numbers.Real):
+        return True
+    return isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()
