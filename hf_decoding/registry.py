@@ -9,19 +9,14 @@ mask, cache, processors, stopping criteria) still happens. Without `decoding`, `
 
 from __future__ import annotations
 
-import copy
 import functools
-import inspect
 import types
 from collections.abc import Callable
 from typing import Any
 
-from transformers import StoppingCriteriaList
-from transformers.generation.stopping_criteria import StopStringCriteria
-
-from .errors import InvalidDecodingArgument, UnknownDecodingError, invalid_argument
+from .errors import UnknownDecodingError, invalid_argument
 from .generation.cache import keep_custom_generation_keys
-from .generation.validation import validate_sampling_arguments
+from .generation.dispatch import generate_with_decoder
 
 __all__ = ["available_decoders", "enable", "get_decoder", "register_decoder", "set_default_decoding"]
 
@@ -56,13 +51,11 @@ def register_decoder(name: str, fn: Callable[..., Any], *, overwrite: bool = Fal
 
 def available_decoders() -> list[str]:
     """Sorted names accepted by `decoding=`."""
-    _load_builtin_decoders()
     return sorted(_DECODERS)
 
 
 def get_decoder(name: str) -> Callable[..., Any]:
     """The decoder registered as `name`; [`UnknownDecodingError`] listing the valid names otherwise."""
-    _load_builtin_decoders()
     try:
         return _DECODERS[name]
     except (KeyError, TypeError):
@@ -70,10 +63,6 @@ def get_decoder(name: str) -> Callable[..., Any]:
             f"Unknown decoding method `decoding={name!r}`. Available: {', '.join(sorted(_DECODERS))}. "
             "Register your own with `hf_decoding.register_decoder(name, fn)`."
         ) from None
-
-
-def _load_builtin_decoders() -> None:
-    from . import decoders  # noqa: F401  (registers the built-in decoders on import)
 
 
 def set_default_decoding(model: Any, decoding: str, **options: Any) -> Any:
@@ -105,10 +94,13 @@ def enable(model: Any) -> Any:
     if getattr(model, _ENABLED_FLAG, False):
         return model
     if not hasattr(model, "generate"):
-        from .decoders.masked_diffusion import attach_masked_diffusion_generate, supports_masked_diffusion
-
-        if supports_masked_diffusion(model):  # a masked LM (BertForMaskedLM, ...): decoding="masked_diffusion" only
-            attach_masked_diffusion_generate(model)
+        # A model without `generate` (a masked LM such as BertForMaskedLM) gets one from the first decoder that
+        # can run on it (`decoding="masked_diffusion"`), declared by the decoder's `attach_generate` attribute.
+        for decoder in _DECODERS.values():
+            attach = getattr(decoder, "attach_generate", None)
+            if attach is not None and decoder.supports_model(model):
+                attach(model)
+                break
     if not hasattr(model, "generate"):
         raise invalid_argument(
             "model", type(model).__name__, "a model with a `generate` method (a causal LM with GenerationMixin)"
@@ -125,18 +117,7 @@ def enable(model: Any) -> Any:
             decoding = getattr(getattr(self, "generation_config", None), "decoding", None)
         if decoding is None:
             return original_generate(*args, **kwargs)
-        if kwargs.get("custom_generate") is not None:
-            raise invalid_argument(
-                "custom_generate",
-                kwargs["custom_generate"],
-                "unset when `decoding` is given",
-                "Pass either decoding=... or custom_generate=..., not both.",
-            )
-        decoder = get_decoder(decoding)
-        validate_sampling_arguments(kwargs, passed_config, getattr(self, "generation_config", None))
-        kwargs = _move_stop_strings_to_criteria(self, kwargs)
-        kwargs["custom_generate"] = _bind_generation_extras(decoder, kwargs)
-        return original_generate(*args, **kwargs)
+        return generate_with_decoder(original_generate, get_decoder(decoding), self, *args, **kwargs)
 
     model.generate = types.MethodType(generate, model)
 
@@ -152,44 +133,3 @@ def enable(model: Any) -> Any:
         model.save_pretrained = types.MethodType(save_pretrained, model)
     setattr(model, _ENABLED_FLAG, True)
     return model
-
-
-def _bind_generation_extras(decoder: Callable[..., Any], kwargs: dict[str, Any]) -> Callable[..., Any]:
-    """Binds `streamer` and `tokenizer` into the decoder: transformers does not forward them to callables."""
-    parameters = inspect.signature(decoder).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    extras = {}
-    for name in ("streamer", "tokenizer"):
-        if kwargs.get(name) is not None and (name in parameters or accepts_any):
-            extras[name] = kwargs[name]
-    return functools.partial(decoder, **extras) if extras else decoder
-
-
-def _move_stop_strings_to_criteria(model: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Turns `stop_strings` into a `StopStringCriteria` (transformers cannot build it for custom decoders)."""
-    kwargs = dict(kwargs)
-    stop_strings = kwargs.pop("stop_strings", None)
-    passed_config = kwargs.get("generation_config")
-    if stop_strings is None and passed_config is not None and getattr(passed_config, "stop_strings", None):
-        stop_strings = passed_config.stop_strings
-        passed_config = copy.deepcopy(passed_config)
-        passed_config.stop_strings = None
-        kwargs["generation_config"] = passed_config
-    model_config = getattr(model, "generation_config", None)
-    if stop_strings is None and model_config is not None and getattr(model_config, "stop_strings", None):
-        stop_strings = model_config.stop_strings
-    if not stop_strings:
-        return kwargs
-    kwargs["stop_strings"] = None  # keep transformers from building (and failing on) its own criterion
-    tokenizer = kwargs.get("tokenizer")
-    if tokenizer is None:
-        raise InvalidDecodingArgument(
-            f"`stop_strings={stop_strings!r}` needs the tokenizer to match strings on token ids. "
-            "Fix: pass `tokenizer=tokenizer` to `generate`."
-        )
-    if isinstance(stop_strings, str):
-        stop_strings = [stop_strings]
-    criteria = StoppingCriteriaList(kwargs.get("stopping_criteria") or [])
-    criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stop_strings))
-    kwargs["stopping_criteria"] = criteria
-    return kwargs

@@ -28,6 +28,8 @@ from transformers.utils import ModelOutput, cached_file
 
 from ..errors import IncompatibleCheckpointError, InvalidDecodingArgument, invalid_argument
 from ..generation.cache import cache_output_fields, keep_custom_generation_keys, output_cache
+from ..generation.dispatch import generate_with_decoder
+from ..registry import get_decoder
 from .config import AutoDecoConfig, package_version
 from .heads import AutoDecoHeads, capture_lm_head_input
 from .losses import AutoDecoLossConfig, chunked_autodeco_loss
@@ -557,10 +559,6 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
             `torch.LongTensor` `(B, L + new)`, or [`DecodingOutput`] with `return_dict_in_generate=True`
             (`out.autodeco.temperature` / `.top_p`: the values applied, `(B, new)`; `out.distortion`).
         """
-        from ..decoders.autodeco import autodeco as autodeco_decoder
-        from ..generation.validation import validate_sampling_arguments
-        from ..registry import _bind_generation_extras, _move_stop_strings_to_criteria, get_decoder
-
         config = self._merged_generation_config(generation_config)
         kwargs = config.update(**kwargs)
         if decoding is _UNSET:
@@ -575,15 +573,10 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
         base_generate = functools.partial(type(self.llm).generate, self.llm)
         if decoding is None:
             return base_generate(inputs, generation_config=config, **kwargs)
-        validate_sampling_arguments({}, config)
+        decoder = get_decoder(decoding)
         if decoding == "autodeco":
-            decoder = functools.partial(autodeco_decoder, autodeco_heads=self.heads)
-        else:
-            decoder = get_decoder(decoding)
-        kwargs["generation_config"] = config
-        kwargs = _move_stop_strings_to_criteria(self.llm, kwargs)
-        kwargs["custom_generate"] = _bind_generation_extras(decoder, kwargs)
-        return base_generate(inputs, **kwargs)
+            decoder = functools.partial(decoder, autodeco_heads=self.heads)
+        return generate_with_decoder(base_generate, decoder, self.llm, inputs, generation_config=config, **kwargs)
 
     def _merged_generation_config(self, generation_config: GenerationConfig | None) -> GenerationConfig:
         defaults = self.generation_config

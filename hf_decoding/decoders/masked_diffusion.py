@@ -26,6 +26,7 @@ from ..diffusion.outputs import MaskedDiffusionOutput
 from ..diffusion.sampling import masked_diffusion_sample
 from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
 from ..generation.cache import CACHE_NAMES
+from ..generation.dispatch import generate_with_decoder
 from ..generation.loop import make_generator, option
 from ..generation.outputs import DecodingCost
 
@@ -220,10 +221,6 @@ def masked_diffusion(
     )
 
 
-#: `masked_diffusion` runs on masked LMs without `generate` (read by [`attach_masked_diffusion_generate`]).
-masked_diffusion.supports_masked_lm = True  # type: ignore[attr-defined]
-
-
 def _warn_unapplied(
     logits_processor: LogitsProcessorList | None, stopping_criteria: StoppingCriteriaList | None
 ) -> None:
@@ -318,31 +315,64 @@ def attach_masked_diffusion_generate(model: Any) -> Any:
                     "use decoding='masked_diffusion' here.",
                 )
             decoder = custom_generate
-        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
-        if input_ids is None:
-            raise invalid_argument("input_ids", None, "a (B, P) tensor of prompt token ids")
-        base = generation_config if generation_config is not None else self.generation_config
-        config = copy.deepcopy(base) if base is not None else GenerationConfig()
-        kwargs = config.update(**kwargs)  # GenerationConfig fields go to the config; the rest stays
-        attention_mask = kwargs.pop("attention_mask", None)
-        repeats = config.num_return_sequences or 1
-        if repeats > 1:
-            input_ids = input_ids.repeat_interleave(repeats, dim=0)
-            if attention_mask is not None:
-                attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
-        if streamer is not None:
-            streamer.put(input_ids.cpu())
-        return decoder(
+        prepare = functools.partial(_prepare_and_decode, self)
+        return generate_with_decoder(
+            prepare,
+            decoder,
             self,
-            input_ids,
-            logits_processor=LogitsProcessorList(logits_processor or []),
-            stopping_criteria=StoppingCriteriaList(stopping_criteria or []),
-            generation_config=config,
+            inputs,
+            generation_config=generation_config,
+            logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria,
             streamer=streamer,
-            attention_mask=attention_mask,
             **kwargs,
         )
 
     model.generate = types.MethodType(generate, model)
     setattr(model, _ATTACHED_FLAG, True)
     return model
+
+
+def _prepare_and_decode(
+    model: Any,
+    inputs: torch.LongTensor | None = None,
+    generation_config: GenerationConfig | None = None,
+    logits_processor: LogitsProcessorList | None = None,
+    stopping_criteria: StoppingCriteriaList | None = None,
+    streamer: Any | None = None,
+    tokenizer: Any | None = None,
+    custom_generate: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """What transformers' `generate` does before a `custom_generate` callable, for a masked LM: the config merge,
+    `num_return_sequences`, the prompt to the streamer. `streamer` and `tokenizer` reach the decoder bound into
+    `custom_generate` (as for causal models)."""
+    input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+    if input_ids is None:
+        raise invalid_argument("input_ids", None, "a (B, P) tensor of prompt token ids")
+    base = generation_config if generation_config is not None else model.generation_config
+    config = copy.deepcopy(base) if base is not None else GenerationConfig()
+    kwargs = config.update(**kwargs)  # GenerationConfig fields go to the config; the rest stays
+    attention_mask = kwargs.pop("attention_mask", None)
+    repeats = config.num_return_sequences or 1
+    if repeats > 1:
+        input_ids = input_ids.repeat_interleave(repeats, dim=0)
+        if attention_mask is not None:
+            attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    return custom_generate(
+        model,
+        input_ids,
+        logits_processor=LogitsProcessorList(logits_processor or []),
+        stopping_criteria=StoppingCriteriaList(stopping_criteria or []),
+        generation_config=config,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
+
+
+#: `masked_diffusion` runs on masked LMs without `generate`; `hf_decoding.enable` reads these to attach one.
+masked_diffusion.supports_masked_lm = True  # type: ignore[attr-defined]
+masked_diffusion.supports_model = supports_masked_diffusion  # type: ignore[attr-defined]
+masked_diffusion.attach_generate = attach_masked_diffusion_generate  # type: ignore[attr-defined]
