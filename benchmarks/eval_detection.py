@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from hf_decoding.detection import Detector
+    from hf_decoding.detection import METHODS, Detector
     from hf_decoding.detection.evaluation import evaluate_detection, load_fortunes, load_gutenberg_passages, plot_roc
     from hf_decoding.models import load_default_model
 
@@ -60,7 +60,7 @@ def main() -> None:
         tokenizer,
         texts,
         detector=detector,
-        **({} if args.methods is None else {"methods": args.methods}),
+        methods=args.methods or METHODS,
         prefix_tokens=args.prefix_tokens,
         lengths=args.lengths,
         num_texts=args.num_texts,

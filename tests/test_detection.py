@@ -389,6 +389,24 @@ def test_gutenberg_passages(tmp_path) -> None:
         assert not any("Gutenberg License" in p for p in default)
 
 
+def test_plot_roc_writes_png(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from hf_decoding.detection.evaluation import DetectionEvaluation, plot_roc
+
+    evaluation = DetectionEvaluation(
+        human={8: {"loglik": torch.tensor([0.0, 1.0, 2.0])}},
+        machine={"top_k=40": {8: {"loglik": torch.tensor([1.5, 2.5, 3.0])}}},
+        lengths=[8],
+        methods=["loglik"],
+        settings=["top_k=40"],
+        num_texts=3,
+        prefix_tokens=2,
+    )
+    path = plot_roc(evaluation, tmp_path / "sub" / "roc.png")
+    assert path == tmp_path / "sub" / "roc.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_auroc_and_roc_exact() -> None:
     assert auroc([3.0, 4.0], [1.0, 2.0]) == 1.0
     assert auroc([1.0, 2.0], [3.0, 4.0]) == 0.0

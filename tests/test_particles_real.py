@@ -10,9 +10,9 @@ from test_particles_toys import one_thread  # noqa: F401  (autouse fixture)
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 import hf_decoding as hfd
-from hf_decoding.generation.steps import StepConfig, StepRunner
 from hf_decoding.rewards import ArithmeticStepVerifier
 from hf_decoding.smc import ParticleBatch
+from hf_decoding.smc.steps import StepConfig, StepRunner
 
 pytestmark = pytest.mark.real
 

@@ -17,8 +17,8 @@ from test_particles_toys import (  # noqa: F401
 )
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from hf_decoding.generation.steps import BOXED_PATTERN, StepBoundaryDetector, StepConfig, StepRunner
 from hf_decoding.smc import ParticleBatch
+from hf_decoding.smc.steps import BOXED_PATTERN, StepBoundaryDetector, StepConfig, StepRunner
 
 
 def _feed(detector, tokens):

@@ -10,8 +10,8 @@ from test_particles_toys import one_thread, prompt_batch, toy_tokenizer  # noqa:
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from hf_decoding.generation.cache import get_cache
-from hf_decoding.generation.steps import StepConfig, StepRunner
 from hf_decoding.smc import ParticleBatch
+from hf_decoding.smc.steps import StepConfig, StepRunner
 
 
 def _recompute(model, batch: ParticleBatch) -> torch.Tensor:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..errors import invalid_argument
 from ..generation.cache import copy_cache, forward_cache_kwargs, new_dynamic_cache, reorder_rows, with_cache
+from ..registry import get_decoder
 
 __all__ = [
     "ArithmeticTask",
@@ -417,8 +418,6 @@ def build_rejection_sampled_data(
         (`truncated`: cut by `max_new_tokens`, so training appends no EOS); stats with the number of problems,
         samples, correct samples and kept rows.
     """
-    from ..decoders.sample import sample
-
     completions, finished = generate_samples(
         model,
         tokenizer,
@@ -428,7 +427,7 @@ def build_rejection_sampled_data(
         max_new_tokens=max_new_tokens,
         progress=progress,
         return_finished=True,
-        custom_generate=sample,
+        custom_generate=get_decoder("sample"),
         do_sample=True,
         temperature=temperature,
         top_p=top_p,

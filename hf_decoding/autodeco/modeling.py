@@ -30,6 +30,7 @@ from ..errors import IncompatibleCheckpointError, InvalidDecodingArgument, inval
 from ..generation.cache import cache_output_fields, keep_custom_generation_keys, output_cache
 from ..generation.dispatch import generate_with_decoder
 from ..registry import get_decoder
+from .card import build_model_card
 from .config import AutoDecoConfig, package_version
 from .heads import AutoDecoHeads, capture_lm_head_input
 from .losses import AutoDecoLossConfig, chunked_autodeco_loss
@@ -360,8 +361,6 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
             )
         if not is_main_process:
             return
-        from .hub import build_model_card
-
         directory = os.fspath(save_directory)
         os.makedirs(directory, exist_ok=True)
         config = copy.deepcopy(self.config)

@@ -80,7 +80,7 @@ def particle_filter(
         tokens_per_step (`int`, *optional*): a step also ends after this many tokens.
         max_steps (`int`, *optional*): a particle finishes after this many steps.
         stop_pattern (`str`, *optional*): regex; a particle whose step matches finishes (e.g.
-            `hf_decoding.generation.steps.BOXED_PATTERN`, a closed `\boxed{...}`).
+            `hf_decoding.smc.steps.BOXED_PATTERN`, a closed `\boxed{...}`).
         score_mode (`str`, *optional*, defaults to `"model"`): `model | last | min | prod`.
         weight_transform (`str`, *optional*, defaults to `"logit"`): `logit | log | identity`.
         softmax_temperature (`float`, *optional*, defaults to 1.0): log-potentials are divided by it.

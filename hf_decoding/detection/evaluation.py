@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import invalid_argument
+from ..plotting import agg_figure
 from .detector import METHODS, Detector, leading_special_ids
 from .metrics import auroc, roc_curve
 
@@ -300,17 +301,10 @@ def plot_roc(evaluation: DetectionEvaluation, path: str | pathlib.Path, *, lengt
     Raises:
         `ImportError`: when matplotlib is not installed (`pip install "hf-decoding[plot]"`).
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError('Plotting needs matplotlib. Install it with: pip install "hf-decoding[plot]"') from None
     length = evaluation.lengths[-1] if length is None else length
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     count = len(evaluation.settings)
-    figure = Figure(figsize=(3.3 * count, 3.4), layout="constrained")
-    FigureCanvasAgg(figure)
+    path = pathlib.Path(path)
+    figure = agg_figure(path, (3.3 * count, 3.4))
     axes = figure.subplots(1, count, squeeze=False)[0]
     for ax, setting in zip(axes, evaluation.settings, strict=True):
         for method in evaluation.methods:

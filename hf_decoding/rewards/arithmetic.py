@@ -9,8 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..smc.selection import extract_answer as _extract
-from ..smc.selection import normalize_answer
+from .answers import extract_answer, normalize_answer
 from .base import RewardModel, split_steps
 
 __all__ = ["ArithmeticStepVerifier", "check_equations", "extract_answer", "normalize_answer"]
@@ -68,11 +67,6 @@ def check_equations(text: str) -> tuple[int, int]:
         ):
             correct += 1
     return correct, total
-
-
-def extract_answer(text: str) -> str | None:
-    """The final answer stated in `text` (`\\boxed{...}`, "answer is N" or "#### N"); `None` when there is none."""
-    return _extract(text, last_number_fallback=False)
 
 
 class ArithmeticStepVerifier(RewardModel):
@@ -133,7 +127,7 @@ class ArithmeticStepVerifier(RewardModel):
         right, total = check_equations(text)
         score = self.neutral if total == 0 else self.wrong + (self.correct - self.wrong) * right / total
         if reference is not None:
-            answer = extract_answer(text)
+            answer = extract_answer(text, last_number_fallback=False)  # only a stated answer counts
             if answer is not None:
                 verdict = self.answer_correct if answer == reference else self.answer_wrong
                 score = verdict if total == 0 else min(score, verdict)

@@ -14,12 +14,12 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
 from ..generation.cache import eos_token_tensor, pad_token_tensor
 from ..generation.loop import make_generator, option
-from ..generation.steps import StepConfig, StepRunner
 from ..rewards.base import RewardModel, RewardSession, as_reward_model
 from .cost import CostMeter
 from .options import ParticleOptions, particle_options, resolve_options
 from .selection import extract_answer, select_particles
 from .state import ParticleBatch, PrefilledPrompts
+from .steps import StepConfig, StepRunner
 from .sweep import SweepResult
 
 __all__ = ["STEP_DEFAULTS", "ParticleSetup", "prepare", "select_final", "slot_texts", "step_config_from"]

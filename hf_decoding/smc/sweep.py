@@ -3,7 +3,7 @@ shares: the resampling / selection policies, the reference path of conditional S
 
 A sweep repeats, until every particle finished:
 
-1. **generate** one reasoning step for every live particle ([`~hf_decoding.generation.steps.StepRunner`]);
+1. **generate** one reasoning step for every live particle ([`~hf_decoding.smc.steps.StepRunner`]);
 2. **score** the particles that produced a step ([`~hf_decoding.rewards.RewardSession`]) and turn the score into a
    log-potential `g_t` ([`log_potentials`]);
 3. **weight**: add the incremental log-weight (`g_t`, or `g_t - g_{t-1}` when twisted; finished particles add
@@ -28,13 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..generation.outputs import DecodingOutput, ParticleTrace
-from ..generation.steps import StepRunner
 from ..rewards.base import RewardSession
 from .cost import CostMeter
 from .options import ParticleOptions
 from .potentials import aggregate_scores, log_potentials
 from .resampling import resample, stable_ancestors
 from .state import ParticleBatch, flat_ancestors
+from .steps import StepRunner
 from .weights import add_log_increments, ess, log_evidence, reset_after_resampling, should_resample
 
 __all__ = [

@@ -31,14 +31,14 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
-from .cache import eos_token_tensor
-from .loop import select_tokens
-from .processing import ProcessorChain
+from ..generation.cache import eos_token_tensor
+from ..generation.loop import select_tokens
+from ..generation.processing import ProcessorChain
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from ..smc.state import ParticleBatch
+    from .state import ParticleBatch
 
 __all__ = [
     "StepBoundaryDetector",
