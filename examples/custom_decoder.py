@@ -3,20 +3,24 @@
 import torch
 
 import hf_decoding as hfd
-from hf_decoding.generation import sampling_loop
+from hf_decoding.generation import SEED, Argument, DecoderCall, call_generator, decoder, sampling_loop
+
+GREEDY_AFTER = Argument("greedy_after", "int", "tokens sampled before decoding turns greedy; defaults to 8.")
 
 
-def sample_then_greedy(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                       greedy_after: int = 8, **model_kwargs):
+@decoder((GREEDY_AFTER, SEED))
+def sample_then_greedy(call: DecoderCall):
     """Samples the first `greedy_after` tokens, then continues greedily (an illustration of a step hook)."""
+    greedy_after = 8 if call["greedy_after"] is None else call["greedy_after"]
+    config = call.generation_config
+
     def hook(outputs, chain, unfinished):
         # The hook runs before the processors; it may re-parameterise them. Here it switches the draw mode.
-        generation_config.do_sample = step_counter[0] < greedy_after
+        config.do_sample = step_counter[0] < greedy_after
         step_counter[0] += 1
 
     step_counter = [0]
-    result, _ = sampling_loop(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                              model_kwargs, step_hook=hook)
+    result, _ = sampling_loop(call, generator=call_generator(call), step_hook=hook)
     return result
 
 

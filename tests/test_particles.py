@@ -334,6 +334,7 @@ def test_reference_finished_mode_reuses_last_potential(model):
 def test_particle_gibbs_reference_weight_alignment(model):
     """Regression (its_hub #54, the reference code's rewards[step] vs rewards[step-1]): the reference particle's
     weight at step t uses its own step-t score, never its final score or another step's."""
+    from hf_decoding.smc.arguments import DecoderCall
     from hf_decoding.smc.decoding import prepare, run_sweep
     from hf_decoding.smc.sweep import NoResampling
 
@@ -342,14 +343,23 @@ def test_particle_gibbs_reference_weight_alignment(model):
     inputs = prompt_batch(1)
     reward = SpyReward()
     setup, _ = prepare(
-        model,
-        inputs["input_ids"],
-        LogitsProcessorList([NoEos()]),
-        None,
-        _config(model, 6),
-        {"attention_mask": inputs["attention_mask"], "use_cache": True},
+        DecoderCall(
+            model=model,
+            input_ids=inputs["input_ids"],
+            logits_processor=LogitsProcessorList([NoEos()]),
+            stopping_criteria=None,
+            generation_config=_config(model, 6),
+            arguments={
+                "num_particles": 3,
+                "tokens_per_step": 2,
+                "weight_transform": "log",
+                "reward_model": reward,
+                "tokenizer": TOK,
+                "seed": 0,
+            },
+            model_kwargs={"attention_mask": inputs["attention_mask"], "use_cache": True},
+        ),
         method="particle_gibbs",
-        values={"num_particles": 3, "tokens_per_step": 2, "weight_transform": "log"},
         defaults={
             "num_particles": 3,
             "score_mode": "model",
@@ -362,14 +372,6 @@ def test_particle_gibbs_reference_weight_alignment(model):
             "selection": "argmax",
             "on_reward_error": "raise",
         },
-        preset=None,
-        reward_model=reward,
-        require_reward=True,
-        tokenizer=TOK,
-        seed=0,
-        generator=None,
-        reward_prompts=None,
-        answer_extractor=None,
     )
     ref_steps = [torch.tensor([22, 23]), torch.tensor([24, 25]), torch.tensor([26, 27])]
     ref_scores = [0.9, 0.2, 0.6]  # deliberately unlike anything the reward would say

@@ -15,21 +15,27 @@ from .sample import sample
 from .self_consistency import self_consistency
 from .weighted_best_of_n import weighted_best_of_n
 
-register_decoder("sample", sample, overwrite=True)
-register_decoder("autodeco", autodeco, overwrite=True)
-register_decoder("distortion_aware_nucleus", distortion_aware_nucleus, overwrite=True)
-register_decoder("particle_filter", particle_filter, overwrite=True)
-register_decoder("particle_gibbs", particle_gibbs, overwrite=True)
-register_decoder("parallel_tempering", parallel_tempering, overwrite=True)
-register_decoder("best_of_n", best_of_n, overwrite=True)
-register_decoder("weighted_best_of_n", weighted_best_of_n, overwrite=True)
-register_decoder("self_consistency", self_consistency, overwrite=True)
-register_decoder("beam_search_prm", beam_search_prm, overwrite=True)
-register_decoder("dvts", dvts, overwrite=True)
-register_decoder("masked_diffusion", masked_diffusion, overwrite=True)
-register_decoder("globally_normalized", globally_normalized, overwrite=True)
+#: The built-in decoders, by the name `decoding=` takes.
+BUILTIN_DECODERS = {
+    "sample": sample,
+    "autodeco": autodeco,
+    "distortion_aware_nucleus": distortion_aware_nucleus,
+    "particle_filter": particle_filter,
+    "particle_gibbs": particle_gibbs,
+    "parallel_tempering": parallel_tempering,
+    "best_of_n": best_of_n,
+    "weighted_best_of_n": weighted_best_of_n,
+    "self_consistency": self_consistency,
+    "beam_search_prm": beam_search_prm,
+    "dvts": dvts,
+    "masked_diffusion": masked_diffusion,
+    "globally_normalized": globally_normalized,
+}
+for _name, _decoder in BUILTIN_DECODERS.items():
+    register_decoder(_name, _decoder, overwrite=True)
 
 __all__ = [
+    "BUILTIN_DECODERS",
     "autodeco",
     "beam_search_prm",
     "best_of_n",

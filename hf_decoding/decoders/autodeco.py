@@ -14,11 +14,12 @@ other rows of the batch.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessorList
 from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
     TopHLogitsWarper,
@@ -29,7 +30,8 @@ from transformers.generation.logits_process import (
 from ..autodeco.heads import AutoDecoHeads, capture_lm_head_input
 from ..autodeco.modeling import AutoDecoModelForCausalLM, check_base_fits
 from ..errors import invalid_argument
-from ..generation.loop import make_generator, option, sampling_loop
+from ..generation.arguments import GENERATOR, SEED, STREAMER, Argument, DecoderCall, decoder
+from ..generation.loop import call_generator, sampling_loop
 from ..generation.outputs import AutoDecoTrace, DecodingOutput
 from ..processors.distortion import is_normalization, is_warper
 from ..processors.per_row import PerRowTemperatureLogitsWarper, PerRowTopPLogitsWarper
@@ -106,43 +108,40 @@ def resolve_heads(model: Any, autodeco_heads: Any) -> Any:
     )
 
 
-def autodeco(
-    model: Any,
-    input_ids: torch.LongTensor,
-    logits_processor: LogitsProcessorList,
-    stopping_criteria: StoppingCriteriaList,
-    generation_config: GenerationConfig,
-    streamer: Any | None = None,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    autodeco_heads: Any | None = None,
-    **model_kwargs: Any,
-) -> torch.LongTensor | DecodingOutput:
+@decoder(
+    (
+        Argument(
+            "autodeco_heads",
+            "AutoDecoHeads, AutoDecoModelForCausalLM or str",
+            "the heads, or a checkpoint directory / Hub id to load them from (checked against `model`; default: "
+            "the heads of `model` itself).",
+        ),
+        STREAMER,
+        SEED,
+        GENERATOR,
+    )
+)
+def autodeco(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
     r"""AutoDeco decoding: the heads' temperature and top-p, per row and per token.
 
     Works on any causal LM: as the default of [`AutoDecoModelForCausalLM.generate`], or on a plain model with
     `model.generate(**inputs, custom_generate=hf_decoding.decoders.autodeco, autodeco_heads=heads, do_sample=True,
     top_k=0)` (transformers adds `top_k=50` by default whenever sampling; pass `top_k=0` for the paper's setting).
 
-    Args:
-        autodeco_heads ([`AutoDecoHeads`], [`AutoDecoModelForCausalLM`], `str`, *optional*): the heads, or a
-            checkpoint directory / Hub id to load them from (checked against `model`).
-        seed (`int`, *optional*), generator (`torch.Generator`, *optional*): see `decoding="sample"`.
-        streamer (`BaseStreamer`, *optional*): bound by `hf_decoding.enable`'s `generate`.
-
     Returns:
         The token tensor, or a [`DecodingOutput`] whose `autodeco` field holds the applied `temperature` and `top_p`
         (`(B, new)`, NaN after a row finished; the temperature is 0 under greedy decoding) and whose `distortion`
         is measured with the per-row temperatures.
     """
-    heads = resolve_heads(model, autodeco_heads)
+    model, generation_config = call.model, call.generation_config
+    heads = resolve_heads(model, call["autodeco_heads"])
     user_t = 1.0 if generation_config.temperature is None else float(generation_config.temperature)
     user_p = 1.0 if generation_config.top_p is None else float(generation_config.top_p)
     do_sample = bool(generation_config.do_sample) and user_t > 0
-    processors = logits_processor
+    processors = call.logits_processor
     temperature_warper = top_p_warper = None
     if do_sample:
-        processors, temperature_warper, top_p_warper = with_per_row_warpers(logits_processor)
+        processors, temperature_warper, top_p_warper = with_per_row_warpers(call.logits_processor)
     min_top_p = float(getattr(heads.config, "min_top_p", 0.0) or 0.0)
     records: dict[str, list[torch.Tensor]] = {"temperature": [], "top_p": []}
 
@@ -156,7 +155,7 @@ def autodeco(
             final_t, final_p = apply_multipliers(
                 predictions.temperature.float(), predictions.top_p.float(), user_t, user_p, min_top_p
             )
-            final_t, final_p = final_t.to(input_ids.device), final_p.to(input_ids.device)  # (B,), (B,)
+            final_t, final_p = final_t.to(call.device), final_p.to(call.device)  # (B,), (B,)
             if do_sample:
                 temperature_warper.set_values(final_t)
                 top_p_warper.set_values(final_p)
@@ -165,17 +164,11 @@ def autodeco(
             records["temperature"].append(final_t)
             records["top_p"].append(final_p)
 
-        generator = make_generator(option(generation_config, "seed", seed, None), generator, input_ids.device)
+        generator = call_generator(call)
         if not do_sample:
             generation_config = _greedy_config(generation_config)
         result, stacked = sampling_loop(
-            model,
-            input_ids,
-            processors,
-            stopping_criteria,
-            generation_config,
-            model_kwargs,
-            streamer=streamer,
+            call.replace(logits_processor=processors, generation_config=generation_config),
             generator=generator,
             step_hook=step_hook,
             step_records=records,
@@ -188,8 +181,6 @@ def autodeco(
 def _greedy_config(generation_config: GenerationConfig) -> GenerationConfig:
     if not generation_config.do_sample:
         return generation_config
-    import copy
-
     config = copy.copy(generation_config)
     config.do_sample = False
     return config

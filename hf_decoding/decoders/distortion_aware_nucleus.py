@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import LogitsProcessorList
 from transformers.generation.logits_process import TopPLogitsWarper
 
 from ..errors import HfDecodingWarning, invalid_argument
-from ..generation.loop import make_generator, option, sampling_loop
+from ..generation.arguments import GENERATOR, SEED, STREAMER, Argument, DecoderCall, decoder
+from ..generation.loop import call_generator, option, sampling_loop
 from ..generation.outputs import DecodingOutput
 from ..processors.distortion import is_normalization, is_warper
 from ..processors.distortion_aware_nucleus import DistortionAwareNucleusLogitsProcessor
@@ -50,29 +50,29 @@ def with_distortion_aware_nucleus(
     return out
 
 
-def distortion_aware_nucleus(
-    model: Any,
-    input_ids: torch.LongTensor,
-    logits_processor: LogitsProcessorList,
-    stopping_criteria: StoppingCriteriaList,
-    generation_config: GenerationConfig,
-    streamer: Any | None = None,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    nucleus_prefilter_k: int | None = None,
-    **model_kwargs: Any,
-) -> torch.LongTensor | DecodingOutput:
+@decoder(
+    (
+        STREAMER,
+        SEED,
+        GENERATOR,
+        Argument(
+            "nucleus_prefilter_k",
+            "int",
+            "candidates sorted before the exact fallback (only affects speed).",
+            "int | None",
+        ),
+    ),
+    defaults={"nucleus_prefilter_k": 256},
+)
+def distortion_aware_nucleus(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
     r"""Sampling with the distortion-aware nucleus in place of top-p (`top_p` from the call or the config).
 
     Every step keeps exactly `top_p` of the probability mass (the boundary token is down-weighted), so
     `out.distortion.per_step` is the constant `-log(top_p)` at temperature 1 and the total distortion has zero
     spread across equal-length samples. Other warpers (temperature, top-k, min-p, ...) still apply in
     transformers' order; they add their own, path-dependent distortion.
-
-    Args:
-        seed (`int`, *optional*), generator (`torch.Generator`, *optional*): see `decoding="sample"`.
-        nucleus_prefilter_k (`int`, *optional*, defaults to 256): candidates sorted before the exact fallback.
     """
+    generation_config = call.generation_config
     top_p = generation_config.top_p if generation_config.top_p is not None else 1.0
     if not generation_config.do_sample:
         warnings.warn(
@@ -86,23 +86,13 @@ def distortion_aware_nucleus(
             HfDecodingWarning,
             stacklevel=3,
         )
-    prefilter_k = option(generation_config, "nucleus_prefilter_k", nucleus_prefilter_k, 256)
+    prefilter_k = option(generation_config, "nucleus_prefilter_k", call["nucleus_prefilter_k"], 256)
     if not isinstance(prefilter_k, int) or isinstance(prefilter_k, bool) or prefilter_k <= 0:
         raise invalid_argument(
             "nucleus_prefilter_k", prefilter_k, "a positive integer", "256 is a good default; it only affects speed."
         )
-    processors = with_distortion_aware_nucleus(logits_processor, top_p, prefilter_k)
-    if not generation_config.do_sample:
-        processors = logits_processor
-    generator = make_generator(option(generation_config, "seed", seed, None), generator, input_ids.device)
-    result, _ = sampling_loop(
-        model,
-        input_ids,
-        processors,
-        stopping_criteria,
-        generation_config,
-        model_kwargs,
-        streamer=streamer,
-        generator=generator,
-    )
+    processors = call.logits_processor
+    if generation_config.do_sample:
+        processors = with_distortion_aware_nucleus(processors, top_p, prefilter_k)
+    result, _ = sampling_loop(call.replace(logits_processor=processors), generator=call_generator(call))
     return result

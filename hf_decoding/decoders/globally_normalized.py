@@ -18,15 +18,16 @@ config (`temperature`, `top_k`, `top_p`, `min_p`, ...), exactly as `decoding="sa
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from ..errors import invalid_argument
+from ..generation.arguments import GENERATOR, SEED, STREAMER, Argument, DecoderCall, decoder
 from ..generation.cache import decode_step, pad_token_tensor, prefill, reorder_rows
-from ..generation.loop import make_generator, option, select_tokens
+from ..generation.loop import call_generator, option, select_tokens
 from ..generation.outputs import DecodingCost, DecodingOutput, DistortionTrace, ParticleTrace
 from ..generation.processing import ProcessorChain
 from ..smc.resampling import RESAMPLING_SCHEMES, resample
@@ -57,47 +58,48 @@ def _check(num_particles: Any, resampling: Any, ess_threshold: Any, global_sampl
         raise invalid_argument("ess_threshold", ess_threshold, "a number in [0, 1] (1: resample before every token)")
 
 
+@decoder(
+    (
+        Argument("num_particles", "int", "particles per input row.", "int | None"),
+        Argument("resampling", "str", "one of `hf_decoding.smc.RESAMPLING_SCHEMES`.", "str | None"),
+        Argument(
+            "ess_threshold",
+            "float",
+            "resample a row's particles before a token when their ESS is below `ess_threshold * num_particles` "
+            "(1: before every token, 0: never, i.e. importance sampling).",
+            "float | None",
+        ),
+        Argument(
+            "global_sampler",
+            "str",
+            '`"smc"` as above, or `"imh"`: independent Metropolis-Hastings with local decoding as proposal '
+            "(Gareev et al., 2024): the `num_particles` sequences are drawn independently (no resampling) and "
+            "visited in order, sequence `i` replacing the current state with probability "
+            "`min(1, prod Z(w_i) / prod Z(w_current))`; the last state is returned and `out.particles.selected` "
+            "names it.",
+            "str | None",
+        ),
+        dataclasses.replace(SEED, doc="seeds a private `torch.Generator` for sampling, resampling and the final draw."),
+        GENERATOR,
+        STREAMER,
+    ),
+    defaults=GLOBALLY_NORMALIZED_DEFAULTS,
+)
 @torch.no_grad()
-def globally_normalized(
-    model: Any,
-    input_ids: torch.LongTensor,
-    logits_processor: LogitsProcessorList,
-    stopping_criteria: StoppingCriteriaList,
-    generation_config: GenerationConfig,
-    num_particles: int | None = None,
-    resampling: str | None = None,
-    ess_threshold: float | None = None,
-    global_sampler: str | None = None,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    streamer: Any | None = None,
-    **model_kwargs: Any,
-) -> torch.LongTensor | DecodingOutput:
+def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
     r"""SMC sampling from the globally normalized version of the configured warpers (a `custom_generate` callable).
-
-    Args:
-        num_particles (`int`, *optional*, defaults to 8): particles per input row.
-        resampling (`str`, *optional*, defaults to `"systematic"`): one of `hf_decoding.smc.RESAMPLING_SCHEMES`.
-        ess_threshold (`float`, *optional*, defaults to 0.5): resample a row's particles before a token when their
-            ESS is below `ess_threshold * num_particles` (1: before every token, 0: never, i.e. importance sampling).
-        global_sampler (`str`, *optional*, defaults to `"smc"`): `"smc"` as above, or `"imh"`: independent
-            Metropolis-Hastings with local decoding as proposal (Gareev et al., 2024): the `num_particles` sequences
-            are drawn independently (no resampling) and visited in order, sequence `i` replacing the current state
-            with probability `min(1, prod Z(w_i) / prod Z(w_current))`; the last state is returned and
-            `out.particles.selected` names it.
-        seed (`int`, *optional*): seeds a private `torch.Generator` for sampling, resampling and the final draw.
-        generator (`torch.Generator`, *optional*): draw from this generator instead.
 
     Returns:
         `(B, L + new)` tokens, or a [`DecodingOutput`] with `particles`, `distortion` (of the returned particle's
         path) and `cost` when `return_dict_in_generate=True`.
     """
     started = time.perf_counter()
-    defaults = GLOBALLY_NORMALIZED_DEFAULTS
-    num_particles = option(generation_config, "num_particles", num_particles, defaults["num_particles"])
-    resampling = option(generation_config, "resampling", resampling, defaults["resampling"])
-    ess_threshold = option(generation_config, "ess_threshold", ess_threshold, defaults["ess_threshold"])
-    global_sampler = option(generation_config, "global_sampler", global_sampler, defaults["global_sampler"])
+    model, input_ids, generation_config = call.model, call.input_ids, call.generation_config
+    logits_processor, stopping_criteria, model_kwargs = call.logits_processor, call.stopping_criteria, call.model_kwargs
+    streamer = call["streamer"]
+    values = {name: option(generation_config, name, call[name], d) for name, d in GLOBALLY_NORMALIZED_DEFAULTS.items()}
+    num_particles, resampling = values["num_particles"], values["resampling"]
+    ess_threshold, global_sampler = values["ess_threshold"], values["global_sampler"]
     _check(num_particles, resampling, ess_threshold, global_sampler)
     if global_sampler == "imh":
         ess_threshold = 0.0  # independent proposals: never resample
@@ -106,7 +108,7 @@ def globally_normalized(
             "do_sample", False, "True for decoding='globally_normalized'", "Pass do_sample=True (it samples)."
         )
     device = input_ids.device
-    generator = make_generator(option(generation_config, "seed", seed, None), generator, device)
+    generator = call_generator(call)
     chain = ProcessorChain(logits_processor)
     batch, n = input_ids.shape[0], num_particles
     pad_token_id = pad_token_tensor(generation_config)

@@ -11,23 +11,19 @@ is selected from the coldest chain (smallest temperature, normally 1).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 from ..errors import invalid_argument
 from ..generation.loop import option
 from ..generation.outputs import DecodingOutput
-from ..smc.decoding import prepare, run_sweep, select_final
+from ..smc.arguments import SWEEP_ARGUMENTS, Argument, DecoderCall, particle_decoder
+from ..smc.decoding import conditional_sweeps, positive_int_option, prepare, select_final
 from ..smc.potentials import log_potentials
-from ..smc.sweep import ReferencePath, ResamplingPolicy, SweepResult, assemble_output
+from ..smc.sweep import ReferencePath, SweepResult
 from .particle_filter import PARTICLE_FILTER_DEFAULTS
-from .particle_gibbs import _positive_int, draw_references
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+from .particle_gibbs import draw_references
 
 __all__ = ["parallel_tempering", "swap_references"]
 
@@ -63,86 +59,29 @@ def swap_references(
     return refs, accepted
 
 
-def parallel_tempering(
-    model: Any,
-    input_ids: torch.LongTensor,
-    logits_processor: LogitsProcessorList,
-    stopping_criteria: StoppingCriteriaList,
-    generation_config: GenerationConfig,
-    num_particles: int | None = None,
-    num_iterations: int | None = None,
-    temperature_ladder: Sequence[float] | None = None,
-    reward_model: Any | None = None,
-    step_delimiter: str | list[str] | None = None,
-    tokens_per_step: int | None = None,
-    max_steps: int | None = None,
-    stop_pattern: str | None = None,
-    score_mode: str | None = None,
-    weight_transform: str | None = None,
-    weight_update: str | None = None,
-    resampling: str | None = None,
-    ess_threshold: float | None = None,
-    finished_particles: str | None = None,
-    selection: str | None = None,
-    answer_extractor: Callable[[str], str | None] | None = None,
-    on_reward_error: str | None = None,
-    preset: str | None = None,
-    reward_prompts: list[str] | None = None,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    progress: bool = False,
-    **model_kwargs: Any,
-) -> torch.LongTensor | DecodingOutput:
+@particle_decoder(
+    ("num_iterations", *(name for name in SWEEP_ARGUMENTS if name != "softmax_temperature")),
+    defaults={**PARTICLE_FILTER_DEFAULTS, "num_iterations": 2},
+    own=(
+        Argument(
+            "temperature_ladder",
+            "Sequence[float]",
+            "softmax temperature of each chain (all `> 0`; it replaces `softmax_temperature`); the answer comes "
+            "from the coldest; defaults to `(1.0, 2.0, 4.0)`.",
+            "Sequence[float] | None",
+        ),
+    ),
+    notes={"num_particles": "Per chain."},
+)
+def parallel_tempering(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
     r"""Parallel tempering of particle-Gibbs chains (a `custom_generate` callable).
-
-    Args:
-        num_particles (`int`, *optional*, defaults to 8): particles per chain.
-        num_iterations (`int`, *optional*, defaults to 2): sweeps; swaps are proposed after each.
-        temperature_ladder (`Sequence[float]`, *optional*, defaults to `(1.0, 2.0, 4.0)`): softmax temperature of
-            each chain (all `> 0`); the answer comes from the coldest.
-        other arguments: as [`~hf_decoding.decoders.particle_filter`] (`softmax_temperature` is replaced by the
-            ladder).
 
     Returns:
         As `particle_filter`; `.particles` holds the coldest chain's last iteration, `.cost` everything.
     """
-    values = {
-        "num_particles": num_particles,
-        "score_mode": score_mode,
-        "weight_transform": weight_transform,
-        "weight_update": weight_update,
-        "resampling": resampling,
-        "ess_threshold": ess_threshold,
-        "finished_particles": finished_particles,
-        "selection": selection,
-        "on_reward_error": on_reward_error,
-        "step_delimiter": step_delimiter,
-        "tokens_per_step": tokens_per_step,
-        "max_steps": max_steps,
-        "stop_pattern": stop_pattern,
-    }
-    setup, _ = prepare(
-        model,
-        input_ids,
-        logits_processor,
-        stopping_criteria,
-        generation_config,
-        model_kwargs,
-        method="parallel_tempering",
-        values=values,
-        defaults=PARTICLE_FILTER_DEFAULTS,
-        preset=preset,
-        reward_model=reward_model,
-        require_reward=True,
-        tokenizer=tokenizer,
-        seed=seed,
-        generator=generator,
-        reward_prompts=reward_prompts,
-        answer_extractor=answer_extractor,
-    )
-    iterations = _positive_int("num_iterations", option(generation_config, "num_iterations", num_iterations, 2))
-    ladder = option(generation_config, "temperature_ladder", temperature_ladder, (1.0, 2.0, 4.0))
+    setup, _ = prepare(call, method="parallel_tempering", defaults=PARTICLE_FILTER_DEFAULTS)
+    iterations = positive_int_option(call, "num_iterations", 2)
+    ladder = option(call.generation_config, "temperature_ladder", call["temperature_ladder"], (1.0, 2.0, 4.0))
     if isinstance(ladder, (str, bytes)) or not hasattr(ladder, "__iter__"):
         raise invalid_argument(
             "temperature_ladder",
@@ -157,27 +96,12 @@ def parallel_tempering(
         raise invalid_argument("temperature_ladder", ladder, "a non-empty list of finite temperatures > 0")
     chains = len(ladder)
     options = setup.options
-    groups = input_ids.shape[0] * chains
+    groups = call.input_ids.shape[0] * chains
     temperatures = torch.tensor([ladder[g % chains] for g in range(groups)], dtype=torch.float64)
-    policy = ResamplingPolicy(options.resampling, options.ess_threshold, setup.generator)
-    references = None
-    forward_passes, generated, calls, tokens, swaps = 1, 0, 0, 0, 0
-    for _ in range(iterations):
-        result, session, passes = run_sweep(
-            setup,
-            policy,
-            options.num_particles,
-            copies=chains,
-            references=references,
-            temperatures=temperatures,
-            keep_steps=True,
-            progress=progress,
-            reuse_prefill=True,
-        )
-        forward_passes += passes
-        generated += result.generated_tokens
-        calls += session.calls
-        tokens += session.tokens
+    swaps = 0
+
+    def next_references(result: SweepResult) -> list[ReferencePath]:
+        nonlocal swaps
         references, accepted = swap_references(
             draw_references(result, setup.generator),
             ladder,
@@ -186,19 +110,15 @@ def parallel_tempering(
             setup.generator,
         )
         swaps += accepted
-    session.calls, session.tokens = calls, tokens
+        return references
+
+    result, session, forward_passes, generated = conditional_sweeps(
+        setup, call, iterations, chains, next_references, temperatures
+    )
     result = _coldest_chain(result, chains, int(min(range(chains), key=lambda k: ladder[k])))
     selected = select_final(setup, result, options.selection)
     setup.meter.seconds["swaps_accepted"] = float(swaps)
-    return assemble_output(
-        result=result,
-        selected=selected,
-        generation_config=generation_config,
-        meter=setup.meter,
-        session=session,
-        forward_passes=forward_passes,
-        generated_tokens=generated,
-    )
+    return setup.output(result, selected, session, forward_passes, generated)
 
 
 def _coldest_chain(result: SweepResult, chains: int, coldest: int) -> SweepResult:

@@ -13,15 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationConfig
 
 from ..errors import invalid_argument
+from .arguments import DecoderCall
 from .cache import decode_step, get_cache, output_cache_kwargs, pad_token_tensor, prefill
 from .outputs import DecodingCost, DecodingOutput, DistortionTrace
 from .processing import ProcessorChain
 
 __all__ = [
     "StepHook",
+    "call_generator",
     "make_generator",
     "option",
     "sampling_loop",
@@ -68,15 +70,15 @@ def select_tokens(scores: torch.FloatTensor, do_sample: bool, generator: torch.G
     return torch.argmax(scores, dim=-1)
 
 
+def call_generator(call: DecoderCall) -> torch.Generator | None:
+    """The generator of a decoder call: its `generator`, else one seeded with its `seed` (or
+    `generation_config.seed`), else `None` (torch's global generator)."""
+    return make_generator(option(call.generation_config, "seed", call["seed"], None), call["generator"], call.device)
+
+
 def sampling_loop(
-    model: Any,
-    input_ids: torch.LongTensor,
-    logits_processor: LogitsProcessorList,
-    stopping_criteria: StoppingCriteriaList,
-    generation_config: GenerationConfig,
-    model_kwargs: dict[str, Any],
+    call: DecoderCall,
     *,
-    streamer: Any | None = None,
     generator: torch.Generator | None = None,
     step_hook: StepHook | None = None,
     step_records: dict[str, list[torch.Tensor]] | None = None,
@@ -84,13 +86,10 @@ def sampling_loop(
     r"""Token-by-token sampling (or greedy) with distortion accounting; the reference loop of `hf_decoding`.
 
     Args:
-        model: a causal LM (`PreTrainedModel` with `GenerationMixin`).
-        input_ids (`torch.LongTensor` of shape `(B, L)`): the prepared prompt (left padded).
-        logits_processor (`LogitsProcessorList`): the chain built by `generate`.
-        stopping_criteria (`StoppingCriteriaList`): the criteria built by `generate`.
-        generation_config (`GenerationConfig`): the merged config of this call.
-        model_kwargs (`dict`): attention mask, cache and the rest, as `generate` prepared them.
-        streamer (`BaseStreamer`, *optional*): receives each new token column and `end()`.
+        call ([`DecoderCall`]): the decoder call: the model, the prepared (left-padded) `(B, L)` prompt, the
+            processors and stopping criteria `generate` built, the merged config, the model kwargs (attention
+            mask, cache, ...) and, among its arguments, an optional `streamer` (receives each new token column and
+            `end()`).
         generator (`torch.Generator`, *optional*): source of randomness (`None`: torch's global generator).
         step_hook (`StepHook`, *optional*): called before the processors at every step.
         step_records (`dict[str, list[torch.Tensor]]`, *optional*): lists a hook appends per-step `(B,)` values to;
@@ -101,7 +100,9 @@ def sampling_loop(
         `generation_config.return_dict_in_generate`; `records` holds the stacked `step_records`.
     """
     started = time.perf_counter()
-    chain = ProcessorChain(logits_processor)
+    model, input_ids, generation_config = call.model, call.input_ids, call.generation_config
+    stopping_criteria, model_kwargs, streamer = call.stopping_criteria, call.model_kwargs, call["streamer"]
+    chain = ProcessorChain(call.logits_processor)
     pad_token_id = pad_token_tensor(generation_config)
     if pad_token_id is not None:
         pad_token_id = pad_token_id.to(input_ids.device)

@@ -1,5 +1,7 @@
-"""Method-agnostic sequential Monte Carlo pieces: log-space weights, resampling schemes, the batched particle
-state, final selection, and the step-level sweep the particle decoders share."""
+"""Sequential Monte Carlo pieces the particle decoders share: their keyword arguments declared once
+(`arguments`), options and presets (`options`), the step runner (`steps`: one reasoning step for every live
+particle), the batched particle state (`state`), the sweep (`sweep`), log-space weights, resampling schemes, final
+selection, and what every particle decoder does before and after its own part (`decoding`)."""
 
 from .cost import PHASES, CostMeter
 from .options import FINISHED_MODES, PRESETS, SCORE_MODES, WEIGHT_TRANSFORMS, WEIGHT_UPDATES, ParticleOptions

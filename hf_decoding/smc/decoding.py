@@ -5,24 +5,39 @@ particle."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationConfig
 
 from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
 from ..generation.cache import eos_token_tensor, pad_token_tensor
 from ..generation.loop import make_generator, option
+from ..generation.outputs import DecodingOutput
 from ..rewards.base import RewardModel, RewardSession, as_reward_model
+from .arguments import INDEPENDENT_DEFAULTS, DecoderCall
 from .cost import CostMeter
 from .options import ParticleOptions, particle_options, resolve_options
 from .selection import extract_answer, select_particles
 from .state import ParticleBatch, PrefilledPrompts
 from .steps import StepConfig, StepRunner
-from .sweep import SweepResult
+from .sweep import NoResampling, ParticleSweep, ResamplingPolicy, SweepResult, assemble_output
 
-__all__ = ["STEP_DEFAULTS", "ParticleSetup", "prepare", "select_final", "slot_texts", "step_config_from"]
+__all__ = [
+    "STEP_DEFAULTS",
+    "ParticleSetup",
+    "conditional_sweeps",
+    "independent_samples",
+    "merge_groups",
+    "positive_int_option",
+    "prepare",
+    "run_sweep",
+    "select_final",
+    "slot_texts",
+    "step_config_from",
+]
 
 #: Defaults of the step options shared by every step-level decoder.
 STEP_DEFAULTS: dict[str, Any] = {
@@ -37,6 +52,7 @@ STEP_DEFAULTS: dict[str, Any] = {
 class ParticleSetup:
     """Everything a particle decoder needs, built by [`prepare`]."""
 
+    generation_config: GenerationConfig
     options: ParticleOptions
     step_config: StepConfig
     runner: StepRunner
@@ -67,6 +83,25 @@ class ParticleSetup:
         tokens = [self.prompt_tokens[g // per_group] for g in range(batch.num_groups) for _ in range(n)]
         return self.reward.open_session(
             texts, prompt_tokens=tokens, on_error=self.options.on_reward_error, num_particles=n
+        )
+
+    def output(
+        self,
+        result: SweepResult,
+        selected: torch.Tensor,
+        session: RewardSession | None,
+        forward_passes: int,
+        generated_tokens: int | None = None,
+    ) -> torch.LongTensor | DecodingOutput:
+        """The selected particle of each group as `generate`'s output ([`assemble_output`])."""
+        return assemble_output(
+            result=result,
+            selected=selected,
+            generation_config=self.generation_config,
+            meter=self.meter,
+            session=session,
+            forward_passes=forward_passes,
+            generated_tokens=result.generated_tokens if generated_tokens is None else generated_tokens,
         )
 
     def answers(self, result: SweepResult) -> list[list[str | None]]:
@@ -109,29 +144,33 @@ def _max_new_tokens(generation_config: GenerationConfig, prompt_len: int) -> int
 
 
 def prepare(
-    model: Any,
-    input_ids: torch.LongTensor,
-    logits_processor: LogitsProcessorList,
-    stopping_criteria: StoppingCriteriaList,
-    generation_config: GenerationConfig,
-    model_kwargs: dict[str, Any],
+    call: DecoderCall,
     *,
     method: str,
-    values: dict[str, Any],
     defaults: dict[str, Any],
-    preset: str | None,
-    reward_model: Any,
-    require_reward: bool,
-    tokenizer: Any,
-    seed: int | None,
-    generator: torch.Generator | None,
-    reward_prompts: list[str] | None,
-    answer_extractor: Any,
+    require_reward: bool = True,
+    fixed: dict[str, Any] | None = None,
 ) -> tuple[ParticleSetup, dict[str, Any]]:
     """Resolves and validates options, checks the inputs, prefills the prompts once.
 
+    Args:
+        call ([`DecoderCall`]): the decoder's inputs, arguments (see [`~hf_decoding.smc.arguments`]) and model
+            kwargs.
+        method (`str`): the decoder's name, for messages.
+        defaults (`dict`): the decoder's option defaults (the shared step options are added).
+        require_reward (`bool`): a reward model must be given.
+        fixed (`dict`, *optional*): option values the method sets itself (they override the call).
+
     Returns `(setup, resolved)` where `resolved` also holds the method's own options.
     """
+    model, input_ids, generation_config = call.model, call.input_ids, call.generation_config
+    logits_processor, stopping_criteria, model_kwargs = call.logits_processor, call.stopping_criteria, call.model_kwargs
+    values = {name: call[name] for name in (*STEP_DEFAULTS, *defaults)}
+    values.update(fixed or {})
+    preset = call["preset"]
+    reward_model, tokenizer = call["reward_model"], call["tokenizer"]
+    seed, generator = call["seed"], call["generator"]
+    reward_prompts, answer_extractor = call["reward_prompts"], call["answer_extractor"]
     meter = CostMeter(input_ids.device)
     resolved = resolve_options(generation_config, preset, values, {**STEP_DEFAULTS, **defaults})
     # Unset delimiter: "\n\n", unless fixed-size steps were asked for. "" / False: no delimiter.
@@ -199,6 +238,7 @@ def prepare(
         prompts = PrefilledPrompts.prefill(model, input_ids, generation_config, model_kwargs)
     extractor = answer_extractor if answer_extractor is not None else extract_answer
     setup = ParticleSetup(
+        generation_config=generation_config,
         options=options,
         step_config=step_config,
         runner=runner,
@@ -238,8 +278,6 @@ def run_sweep(
 
     Returns `(result, session, forward_passes)`.
     """
-    from .sweep import ParticleSweep
-
     batch = setup.new_batch(num_particles, copies=copies, reuse=reuse_prefill)
     session = setup.new_session(batch)
     sweep = ParticleSweep(
@@ -255,6 +293,53 @@ def run_sweep(
     )
     result = sweep.run(references)
     return result, session, batch.forward_passes
+
+
+def positive_int_option(call: DecoderCall, name: str, default: int) -> int:
+    """A decoder's own positive-integer option: the call's value, else `generation_config.<name>`, else `default`."""
+    value = option(call.generation_config, name, call[name], default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise invalid_argument(name, value, "a positive integer")
+    return value
+
+
+def conditional_sweeps(
+    setup: ParticleSetup,
+    call: DecoderCall,
+    iterations: int,
+    chains: int,
+    next_references: Callable[[SweepResult], list[Any]],
+    temperatures: torch.Tensor | None = None,
+) -> tuple[SweepResult, RewardSession | None, int, int]:
+    """`iterations` (conditional) SMC sweeps over `chains` groups per prompt (particle Gibbs, parallel tempering).
+
+    The first sweep is a plain particle filter; each later one keeps the references that `next_references` drew
+    from the previous result. Returns `(last result, session, forward passes, generated tokens)`, the session's
+    reward calls and tokens summed over all sweeps.
+    """
+    options = setup.options
+    policy = ResamplingPolicy(options.resampling, options.ess_threshold, setup.generator)
+    references = None
+    forward_passes, generated, calls, tokens = 1, 0, 0, 0
+    for _ in range(iterations):
+        result, session, passes = run_sweep(
+            setup,
+            policy,
+            options.num_particles,
+            copies=chains,
+            references=references,
+            temperatures=temperatures,
+            keep_steps=True,
+            progress=bool(call["progress"]),
+            reuse_prefill=True,
+        )
+        forward_passes += passes
+        generated += result.generated_tokens
+        calls += session.calls
+        tokens += session.tokens
+        references = next_references(result)
+    session.calls, session.tokens = calls, tokens
+    return result, session, forward_passes, generated
 
 
 def merge_groups(result: SweepResult, copies: int) -> SweepResult:
@@ -285,68 +370,15 @@ def merge_groups(result: SweepResult, copies: int) -> SweepResult:
 
 
 def independent_samples(
-    model: Any,
-    input_ids: torch.LongTensor,
-    logits_processor: LogitsProcessorList,
-    stopping_criteria: StoppingCriteriaList,
-    generation_config: GenerationConfig,
-    model_kwargs: dict[str, Any],
+    call: DecoderCall,
     *,
     method: str,
-    num_particles: int | None,
-    reward_model: Any,
     require_reward: bool,
-    score_mode: str | None,
-    on_reward_error: str | None,
-    tokenizer: Any,
-    seed: int | None,
-    generator: torch.Generator | None,
-    reward_prompts: list[str] | None,
-    answer_extractor: Any,
-    max_steps: int | None = None,
-    stop_pattern: str | None = None,
 ) -> tuple[ParticleSetup, SweepResult, RewardSession | None, int]:
     """N independent completions per prompt from one prefill, each scored once when it finishes (best-of-N,
     weighted best-of-N, self-consistency). Returns `(setup, result, session, forward_passes)`."""
-    from .sweep import NoResampling
-
-    values = {
-        "num_particles": num_particles,
-        "score_mode": score_mode,
-        "on_reward_error": on_reward_error,
-        "step_delimiter": False,
-        "max_steps": max_steps,
-        "stop_pattern": stop_pattern,
-        "resampling": "systematic",
-        "ess_threshold": 0.0,
-        "selection": "argmax",
-    }
-    defaults = {
-        "num_particles": 8,
-        "score_mode": "model",
-        "on_reward_error": "raise",
-        "resampling": "systematic",
-        "ess_threshold": 0.0,
-        "selection": "argmax",
-    }
-    setup, _ = prepare(
-        model,
-        input_ids,
-        logits_processor,
-        stopping_criteria,
-        generation_config,
-        model_kwargs,
-        method=method,
-        values=values,
-        defaults=defaults,
-        preset=None,
-        reward_model=reward_model,
-        require_reward=require_reward,
-        tokenizer=tokenizer,
-        seed=seed,
-        generator=generator,
-        reward_prompts=reward_prompts,
-        answer_extractor=answer_extractor,
-    )
+    fixed = {"step_delimiter": False, "resampling": "systematic", "ess_threshold": 0.0, "selection": "argmax"}
+    defaults = {**INDEPENDENT_DEFAULTS, **fixed}
+    setup, _ = prepare(call, method=method, defaults=defaults, require_reward=require_reward, fixed=fixed)
     result, session, passes = run_sweep(setup, NoResampling(), setup.options.num_particles)
     return setup, result, session, 1 + passes
