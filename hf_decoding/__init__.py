@@ -3,7 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import decoders, rewards, smc
-from .autodeco import AutoDecoConfig, AutoDecoModelForCausalLM
+from .autodeco import AutoDecoConfig, AutoDecoModelForCausalLM, load_default_autodeco
 from .diffusion import MaskedDiffusionOutput
 from .errors import (
     HfDecodingError,
@@ -70,6 +70,7 @@ __all__ = [
     "decoders",
     "enable",
     "get_decoder",
+    "load_default_autodeco",
     "load_default_model",
     "register_decoder",
     "rewards",

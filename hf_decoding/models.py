@@ -54,6 +54,7 @@ __all__ = [
     "available_models",
     "load_default_model",
     "model_cache_dir",
+    "resolve_model_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -231,6 +232,12 @@ def load_default_model(
 
 def _normalize_name(name: str) -> str:
     return name.strip().lower().replace("_", "-")
+
+
+def resolve_model_name(name: str) -> str:
+    """The canonical name of an offline model (`"smollm2"` → `"smollm2-135m-instruct"`); [`InvalidDecodingArgument`]
+    naming the valid names otherwise."""
+    return _resolve_name(name)
 
 
 def _resolve_name(name: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hf_decoding as hfd
-from hf_decoding import AutoDecoModelForCausalLM
+from hf_decoding import AutoDecoModelForCausalLM, InvalidDecodingArgument
 
 
 def _static_sample(model, inputs, temperature: float, top_p: float, seed: int, new: int):
@@ -100,3 +100,36 @@ def test_smollm2_batched_rows_equal_single_rows_and_round_trip(smollm2_batch, tm
     torch.testing.assert_close(
         _autodeco(again, inputs, seed=0, new=6, temperature=0.0).autodeco.top_p, out.autodeco.top_p, equal_nan=True
     )
+
+
+def test_shipped_heads_are_heads_only_and_small() -> None:
+    from hf_decoding.autodeco import shipped_heads_path
+
+    folder = shipped_heads_path("SmolLM2")
+    weights = folder / "model.safetensors"
+    assert weights.is_file() and weights.stat().st_size < 5 * 2**20
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as handle:
+        keys = list(handle.keys())
+    assert keys and all(key.startswith(("temp_head.", "top_p_head.")) for key in keys), keys[:5]  # no base weights
+    with pytest.raises(InvalidDecodingArgument, match="shipped AutoDeco heads"):
+        shipped_heads_path("gemma-3-270m")
+
+
+@pytest.mark.real
+def test_shipped_smollm2_heads_load_offline_and_predict() -> None:
+    model, tok = hfd.load_default_autodeco()
+    inputs = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 7 * 8?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = model.generate(**inputs, max_new_tokens=8, top_k=0, seed=0, return_dict_in_generate=True)
+    t, p = out.autodeco.temperature[0], out.autodeco.top_p[0]
+    config = model.config
+    assert t.shape == (8,) and bool(((t >= config.min_temperature) & (t <= config.max_temperature)).all())
+    assert bool(((p > 0) & (p <= 1)).all())
+    # Trained heads are not constant: they vary from token to token.
+    assert float(t.std()) > 1e-3 and float(p.std()) > 1e-4

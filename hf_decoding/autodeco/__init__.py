@@ -11,6 +11,7 @@
 """
 
 from .config import AutoDecoConfig
+from .defaults import load_default_autodeco, shipped_heads_path
 from .heads import AutoDecoHeads, HeadPredictions, capture_lm_head_input, probability_features
 from .losses import AutoDecoLoss, AutoDecoLossConfig, chunked_autodeco_loss, soft_top_p_log_probs
 from .modeling import AutoDecoCausalLMOutput, AutoDecoModelForCausalLM, register_auto_classes
@@ -31,8 +32,10 @@ __all__ = [
     "TrainingResult",
     "capture_lm_head_input",
     "chunked_autodeco_loss",
+    "load_default_autodeco",
     "probability_features",
     "register_auto_classes",
+    "shipped_heads_path",
     "soft_top_p_log_probs",
     "train_heads",
 ]
