@@ -28,7 +28,14 @@ from .processors import (
     TokenProbabilityLogitsProcessor,
 )
 from .registry import available_decoders, enable, get_decoder, register_decoder, set_default_decoding
-from .rewards import ArithmeticStepVerifier, OutcomeRewardModel, ProcessRewardModel, SelfCertainty
+from .rewards import (
+    ArithmeticStepVerifier,
+    LearnedPRM,
+    OutcomeRewardModel,
+    ProcessRewardModel,
+    SelfCertainty,
+    load_default_prm,
+)
 
 try:
     __version__ = version("hf-decoding")
@@ -50,6 +57,7 @@ __all__ = [
     "IncompatibleCheckpointError",
     "InvalidDecodingArgument",
     "InvalidLogitsError",
+    "LearnedPRM",
     "LogitsWarper",
     "MaskedDiffusionOutput",
     "MissingModelError",
@@ -72,6 +80,7 @@ __all__ = [
     "get_decoder",
     "load_default_autodeco",
     "load_default_model",
+    "load_default_prm",
     "register_decoder",
     "rewards",
     "set_default_decoding",

@@ -380,6 +380,16 @@ def test_demo_json(smollm2: tuple, capsys: pytest.CaptureFixture[str]) -> None:
     full = [c for c in nucleus if c["num_new_tokens"] == 8]
     for completion in full:  # rows that ran all 8 steps: exactly 8 * -log(0.9)
         assert completion["total_distortion"] == pytest.approx(-8 * math.log(0.9), abs=1e-4)
+    # AutoDeco with the shipped heads: one (T, top-p) per generated token, in the heads' ranges.
+    for row in document["autodeco"]["rows"]:
+        assert len(row["tokens"]) == len(row["temperature"]) == len(row["top_p"]) >= 1
+        assert all(0.01 <= t <= 2.0 for t in row["temperature"]) and all(0 < p <= 1 for p in row["top_p"])
+    # The particle filter with the shipped PRM: N weights, an ESS per step, a cost that counts PRM calls.
+    particles = document["particle_filter"]
+    assert len(particles["log_weights"]) == len(particles["answers"]) == particles["num_particles"] == 4
+    assert len(particles["ess_per_step"]) >= 1 and all(0 < e <= 4 + 1e-6 for e in particles["ess_per_step"])
+    assert 0 <= particles["selected"] < 4 and particles["cost"]["reward_calls"] >= 1
+    assert set(particles["resampled_at_steps"]) <= set(range(len(particles["ess_per_step"])))
 
 
 @pytest.mark.real

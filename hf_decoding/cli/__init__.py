@@ -12,13 +12,13 @@ import logging
 import sys
 
 from ..errors import HfDecodingError
-from . import analyze, autodeco, demo, detect, diffusion, env, generate
+from . import analyze, autodeco, demo, detect, diffusion, env, generate, prm
 
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
-_SUBCOMMANDS = (demo, generate, autodeco, analyze, diffusion, detect, env)
+_SUBCOMMANDS = (demo, generate, autodeco, prm, analyze, diffusion, detect, env)
 
 
 def build_parser() -> argparse.ArgumentParser:

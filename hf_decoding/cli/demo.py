@@ -1,12 +1,20 @@
-"""`hf-decoding demo`: five decoding strategies side by side on SmolLM2-135M-Instruct, with their distortion."""
+"""`hf-decoding demo`: what the library does, on the offline SmolLM2-135M-Instruct, in a minute or two on a CPU.
+
+1. Five decoding strategies side by side with their distortion (greedy, sampling, top-k, top-p, the
+   distortion-aware nucleus).
+2. `decoding="autodeco"` with the shipped heads: the temperature and top-p the heads chose for every token.
+3. `decoding="particle_filter"` on one arithmetic problem, weighted by the shipped learned PRM: the particles'
+   weights, the resampling events and the cost.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import time
 from typing import Any
 
-__all__ = ["DEMO_PROMPTS", "DEMO_STRATEGIES", "register", "run"]
+__all__ = ["DEMO_PROMPTS", "DEMO_STRATEGIES", "autodeco_section", "particle_section", "register", "run"]
 
 DEMO_PROMPTS: tuple[str, ...] = (
     "What is the capital of France?",
@@ -33,17 +41,26 @@ def register(subparsers: Any) -> None:
 
     parser = subparsers.add_parser(
         "demo",
-        help="Compare greedy, sampling, top-k, top-p and the distortion-aware nucleus on SmolLM2.",
+        help="Show the library on SmolLM2: five strategies and their distortion, AutoDeco, a PRM-guided particle filter.",
         description=(
             "Loads an offline model (SmolLM2-135M-Instruct by default), batches three chat prompts and decodes them "
-            "with greedy, pure sampling, top-k 40, top-p 0.9 and decoding='distortion_aware_nucleus' top-p 0.9. "
-            "Prints each completion with its total distortion log eps(w) and the speed of each strategy."
+            "with greedy, pure sampling, top-k 40, top-p 0.9 and decoding='distortion_aware_nucleus' top-p 0.9, "
+            "printing each completion with its total distortion log eps(w) and the speed of each strategy. Then, on "
+            "SmolLM2, decoding='autodeco' with the shipped heads (the temperature and top-p chosen per token) and "
+            "decoding='particle_filter' on one arithmetic problem weighted by the shipped learned PRM (weights, "
+            "resampling events, cost)."
         ),
     )
     parser.add_argument("--model", default="smollm2-135m-instruct", help="Offline model name (see `hf-decoding env`).")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="Tokens to generate per prompt (default: 48).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of every sampling strategy (default: 0).")
     parser.add_argument("--json", action="store_true", help="Print a JSON document instead of text.")
+    parser.add_argument(
+        "--num-particles", type=int, default=4, help="Particles of the particle-filter section (default: 4)."
+    )
+    parser.add_argument(
+        "--skip-methods", action="store_true", help="Only the five strategies (no AutoDeco / particle filter)."
+    )
     add_device_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -90,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
             }
         )
 
+    methods = not args.skip_methods and args.model in ("smollm2-135m-instruct", "smollm2", "SmolLM2-135M-Instruct")
+    autodeco = autodeco_section(model, tokenizer, inputs, args.max_new_tokens, args.seed) if methods else None
+    particles = particle_section(model, tokenizer, args.num_particles, args.seed) if methods else None
     if args.json:
         print_json(
             {
@@ -98,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
                 "max_new_tokens": args.max_new_tokens,
                 "prompts": list(DEMO_PROMPTS),
                 "strategies": report,
+                "autodeco": autodeco,
+                "particle_filter": particles,
             }
         )
         return 0
@@ -112,4 +134,128 @@ def run(args: argparse.Namespace) -> int:
             text = " ".join(completion["text"].split())
             print(f"  [{index}] distortion {total_text:>7}  {text}")
         print()
+    if autodeco is not None:
+        _print_autodeco(autodeco)
+    if particles is not None:
+        _print_particles(particles)
     return 0
+
+
+def autodeco_section(model: Any, tokenizer: Any, inputs: dict[str, Any], max_new_tokens: int, seed: int) -> dict:
+    """`decoding="autodeco"` with the shipped SmolLM2 heads on the demo prompts: per-token temperature and top-p."""
+    import torch
+
+    from ..autodeco import AutoDecoModelForCausalLM, shipped_heads_path
+
+    with importlib.resources.as_file(shipped_heads_path("smollm2-135m-instruct")) as directory:
+        wrapper = AutoDecoModelForCausalLM.from_pretrained(directory, base_model=model)
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = wrapper.generate(
+            **inputs, max_new_tokens=max_new_tokens, top_k=0, seed=seed, return_dict_in_generate=True
+        )  # decoding="autodeco": the heads' values times the user's (1.0)
+    seconds = time.perf_counter() - started
+    width = inputs["input_ids"].shape[1]
+    rows = []
+    for b, prompt in enumerate(DEMO_PROMPTS):
+        alive = ~out.autodeco.temperature[b].isnan()
+        tokens = out.sequences[b, width:][alive].tolist()
+        rows.append(
+            {
+                "prompt": prompt,
+                "tokens": [tokenizer.decode([t]) for t in tokens],
+                "temperature": [round(v, 3) for v in out.autodeco.temperature[b][alive].tolist()],
+                "top_p": [round(v, 3) for v in out.autodeco.top_p[b][alive].tolist()],
+                "total_distortion": float(out.distortion.total[b]),
+            }
+        )
+    return {"heads": "hf_decoding/_data/autodeco_smollm2", "seconds": seconds, "rows": rows}
+
+
+def particle_section(model: Any, tokenizer: Any, num_particles: int, seed: int) -> dict:
+    """`decoding="particle_filter"` on one arithmetic problem with the shipped learned PRM (sharing the policy's
+    frozen weights): final weights, the steps where the particles were resampled, the cost."""
+    import torch
+
+    from ..eval.arithmetic import make_problems, problem_inputs
+    from ..rewards.answers import extract_answer
+    from ..rewards.defaults import load_default_prm
+
+    problem = make_problems(1, seed=3, steps=1)[0]
+    prm = load_default_prm(model, tokenizer)
+    inputs = problem_inputs(tokenizer, [problem], device=model.device)
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            decoding="particle_filter",
+            reward_model=prm,
+            reward_prompts=[problem.question],
+            tokenizer=tokenizer,
+            num_particles=num_particles,
+            do_sample=True,
+            temperature=0.7,
+            top_k=0,
+            max_new_tokens=64,
+            seed=seed,
+            return_dict_in_generate=True,
+        )
+    seconds = time.perf_counter() - started
+    trace = out.particles
+    width = inputs["input_ids"].shape[1]
+    texts = [
+        tokenizer.decode(trace.sequences[0, n, width:], skip_special_tokens=True).strip() for n in range(num_particles)
+    ]
+    identity = torch.arange(num_particles)
+    resampled = [t for t in range(trace.ancestors.shape[1]) if not torch.equal(trace.ancestors[0, t].cpu(), identity)]
+    return {
+        "question": problem.question,
+        "gold": problem.answer,
+        "num_particles": num_particles,
+        "log_weights": [round(v, 3) for v in trace.log_weights[0].tolist()],
+        "ess_per_step": [round(v, 2) for v in trace.ess[0].tolist()],
+        "resampled_at_steps": resampled,
+        "answers": [extract_answer(t) for t in texts],
+        "selected": int(trace.selected[0]),
+        "completion": texts[int(trace.selected[0])],
+        "cost": {
+            "forward_passes": out.cost.forward_passes,
+            "generated_tokens": out.cost.generated_tokens,
+            "reward_calls": out.cost.reward_calls,
+            "reward_tokens": out.cost.reward_tokens,
+        },
+        "seconds": seconds,
+    }
+
+
+def _print_autodeco(section: dict) -> None:
+    print(f"== decoding='autodeco' with the shipped heads ({section['seconds']:.1f} s): per token, T and top-p")
+    for row in section["rows"][:2]:
+        print(f"  prompt: {row['prompt']}   (total distortion {row['total_distortion']:.3f})")
+        cells = [
+            f"{token!r}:T={t:.2f},p={p:.2f}"
+            for token, t, p in zip(row["tokens"], row["temperature"], row["top_p"], strict=True)
+        ]
+        for start in range(0, min(len(cells), 24), 4):
+            print("    " + "  ".join(cells[start : start + 4]))
+    print()
+
+
+def _print_particles(section: dict) -> None:
+    print(
+        f"== decoding='particle_filter', {section['num_particles']} particles, learned PRM ({section['seconds']:.1f} s)"
+    )
+    print(f"  question: {section['question']}   gold answer: {section['gold']}")
+    print(f"  ESS before each resampling check: {section['ess_per_step']}")
+    steps = section["resampled_at_steps"]
+    print(f"  resampled after steps: {steps if steps else 'none (ESS stayed above the threshold)'}")
+    for n, (weight, answer) in enumerate(zip(section["log_weights"], section["answers"], strict=True)):
+        mark = "  <- returned" if n == section["selected"] else ""
+        print(f"  particle {n}: log-weight {weight:>8.3f}   answer {answer}{mark}")
+    print("  returned: the particle with the highest final PRM score (selection='argmax', the paper's choice)")
+    print(f"  returned completion: {' '.join(section['completion'].split())}")
+    cost = section["cost"]
+    print(
+        f"  cost: {cost['forward_passes']} policy forward passes, {cost['generated_tokens']} tokens, "
+        f"{cost['reward_calls']} PRM calls over {cost['reward_tokens']} tokens"
+    )
