@@ -9,8 +9,7 @@ import math
 import pytest
 import torch
 from conftest import build_tiny_llama
-from test_rewards import prm_tokenizer
-from transformers import Qwen2Config, Qwen2ForTokenClassification
+from test_rewards import build_qwen_prm_model, prm_tokenizer
 
 from hf_decoding.errors import IncompatibleCheckpointError, InvalidDecodingArgument
 from hf_decoding.rewards import ProcessRewardModel
@@ -174,19 +173,7 @@ def test_cli_registers_prm_train():
 # ------------------------------------------------------------------------------------------------ Qwen2.5-Math-PRM layout
 def test_process_reward_model_reads_qwen_math_prm_like_token_classifier():
     tok = prm_tokenizer()  # has the `<extra_0>` step token added as a special token
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=2,
-        pad_token_id=tok.pad_token_id,
-        max_position_embeddings=512,
-    )
-    model = Qwen2ForTokenClassification(config).eval()
+    model = build_qwen_prm_model(tok)
     prm = ProcessRewardModel(model, tok)  # defaults: `<extra_0>`, positive index 1, Qwen's system prompt
     assert prm.tag_id == tok.convert_tokens_to_ids(TAG)
     ids, positions = prm._layout(PROMPTS[1], TEXTS[1].split("\n\n"), whole=False)

@@ -57,9 +57,8 @@ def prm_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-@pytest.fixture(scope="module")
-def prm():
-    tok = prm_tokenizer()
+def build_qwen_prm_model(tok) -> Qwen2ForTokenClassification:
+    """A random-weight two-class token classifier laid out like Qwen2.5-Math-PRM (no download)."""
     torch.manual_seed(0)
     config = Qwen2Config(
         vocab_size=len(tok),
@@ -72,7 +71,13 @@ def prm():
         pad_token_id=tok.pad_token_id,
         max_position_embeddings=512,
     )
-    return ProcessRewardModel(Qwen2ForTokenClassification(config).eval(), tok, batch_size=3)
+    return Qwen2ForTokenClassification(config).eval()
+
+
+@pytest.fixture(scope="module")
+def prm():
+    tok = prm_tokenizer()
+    return ProcessRewardModel(build_qwen_prm_model(tok), tok, batch_size=3)
 
 
 # ------------------------------------------------------------------------------------------------ arithmetic

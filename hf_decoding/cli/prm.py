@@ -110,14 +110,7 @@ def run(args: argparse.Namespace) -> int:
     train_problems = _problems(args.problems, args.problem_seed)
     heldout = _problems(args.heldout_problems, args.problem_seed + 1000, {p for p, _ in train_problems})
     raw = pathlib.Path(args.raw_dir) if args.raw_dir else None
-    options = dict(
-        samples_per_problem=config.samples_per_problem,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        batch_size=config.generation_batch_size,
-        step_delimiter=config.step_delimiter,
-        progress=config.progress_bar,
-    )
+    options = config.label_options()
     labelled = {}
     for name, problems, seed in (("train", train_problems, config.seed), ("heldout", heldout, config.seed + 1_000_000)):
         # Shards: labels an earlier run with the same settings wrote to --raw-dir are reused, not resampled.

@@ -352,6 +352,17 @@ class PRMTrainingConfig:
             if not isinstance(value, (int, float)) or not value > 0:
                 raise invalid_argument(name, value, "a positive number")
 
+    def label_options(self) -> dict[str, Any]:
+        """The keyword arguments of [`label_samples`] these options set."""
+        return {
+            "samples_per_problem": self.samples_per_problem,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "batch_size": self.generation_batch_size,
+            "step_delimiter": self.step_delimiter,
+            "progress": self.progress_bar,
+        }
+
 
 @dataclass
 class PRMTrainingResult:
@@ -474,14 +485,7 @@ def train_prm(
     """
     config = config or PRMTrainingConfig()
     metrics: dict[str, Any] = {}
-    label = dict(
-        samples_per_problem=config.samples_per_problem,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        batch_size=config.generation_batch_size,
-        step_delimiter=config.step_delimiter,
-        progress=config.progress_bar,
-    )
+    label = config.label_options()
     seconds = float(labelling_seconds)
     if train_samples is None:
         train_samples, train_seconds = label_samples(model, tokenizer, train_problems, seed=config.seed, **label)
