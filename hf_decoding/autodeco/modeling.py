@@ -573,7 +573,8 @@ class AutoDecoModelForCausalLM(PreTrainedModel, GenerationMixin):
         if decoding is None:
             return base_generate(inputs, generation_config=config, **kwargs)
         decoder = get_decoder(decoding)
-        if decoding == "autodeco":
+        if "autodeco_heads" in getattr(decoder, "decoder_arguments", ()):
+            # The heads drive sampling: `autodeco` itself and every particle decoder (their proposal).
             decoder = functools.partial(decoder, autodeco_heads=self.heads)
         return generate_with_decoder(base_generate, decoder, self.llm, inputs, generation_config=config, **kwargs)
 

@@ -35,8 +35,17 @@ from ..generation.loop import call_generator, sampling_loop
 from ..generation.outputs import AutoDecoTrace, DecodingOutput
 from ..processors.distortion import is_normalization, is_warper
 from ..processors.per_row import PerRowTemperatureLogitsWarper, PerRowTopPLogitsWarper
+from ..smc.proposal import register_proposal
 
-__all__ = ["apply_multipliers", "autodeco", "resolve_heads", "with_per_row_warpers"]
+__all__ = [
+    "AutoDecoProposal",
+    "HeadsSampler",
+    "apply_multipliers",
+    "autodeco",
+    "autodeco_proposal",
+    "resolve_heads",
+    "with_per_row_warpers",
+]
 
 _MIN_TOP_P = 1e-6
 
@@ -108,6 +117,95 @@ def resolve_heads(model: Any, autodeco_heads: Any) -> Any:
     )
 
 
+class HeadsSampler:
+    """AutoDeco's heads applied to a processor chain: one code path for `decoding="autodeco"` and for the AutoDeco
+    proposal of the particle decoders.
+
+    The call's temperature and top-p warpers are replaced by per-row ones ([`with_per_row_warpers`]); [`predict`]
+    turns the post-final-norm hidden state and the raw logits of each row into the applied `(T, p)` (the user's
+    values act as multipliers, [`apply_multipliers`]; `T = 0` under greedy decoding) and [`apply`] sets them.
+
+    Args:
+        heads ([`AutoDecoHeads`]): the heads.
+        generation_config (`GenerationConfig`): the call's config (user temperature / top-p, `do_sample`).
+        logits_processor (`LogitsProcessorList`): the chain `generate` built.
+    """
+
+    def __init__(self, heads: AutoDecoHeads, generation_config: GenerationConfig, logits_processor: Any):
+        self.heads = heads
+        self.user_t = 1.0 if generation_config.temperature is None else float(generation_config.temperature)
+        self.user_p = 1.0 if generation_config.top_p is None else float(generation_config.top_p)
+        self.do_sample = bool(generation_config.do_sample) and self.user_t > 0
+        self.min_top_p = float(getattr(heads.config, "min_top_p", 0.0) or 0.0)
+        self.processors = logits_processor
+        self.temperature_warper = self.top_p_warper = None
+        if self.do_sample:
+            self.processors, self.temperature_warper, self.top_p_warper = with_per_row_warpers(logits_processor)
+
+    def predict(self, hidden: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(T, p)`, each `(R,)` on `logits`' device, from hidden states `(R, H)` and raw logits `(R, V)`."""
+        with torch.no_grad():
+            predictions = self.heads(hidden, logits)
+        final_t, final_p = apply_multipliers(
+            predictions.temperature.float(), predictions.top_p.float(), self.user_t, self.user_p, self.min_top_p
+        )
+        final_t, final_p = final_t.to(logits.device), final_p.to(logits.device)
+        if not self.do_sample:
+            final_t = torch.zeros_like(final_t)
+        return final_t, final_p
+
+    def apply(self, temperature: torch.Tensor, top_p: torch.Tensor) -> None:
+        """Sets the per-row warpers (nothing to set under greedy decoding)."""
+        if self.do_sample:
+            self.temperature_warper.set_values(temperature)
+            self.top_p_warper.set_values(top_p)
+
+
+class AutoDecoProposal:
+    """The particles' proposal under AutoDeco: every particle's tokens are drawn with the temperature and top-p the
+    heads predict for it, at every token ([`~hf_decoding.smc.proposal.RowProposal`]).
+
+    The values are recomputed after every forward pass of the policy from the hidden state captured at its LM head
+    and kept in the batch's per-row state, so they follow the particles through fan-out and resampling; the applied
+    values of the returned particles land in `out.autodeco` (NaN after a particle finished).
+    """
+
+    output_field = "autodeco"
+
+    def __init__(self, sampler: HeadsSampler, capture: Any):
+        self.sampler = sampler
+        self.capture = capture
+        self.processors = sampler.processors
+
+    def after_forward(self, row_state: dict[str, torch.Tensor], logits: torch.Tensor, real: torch.Tensor | None):
+        hidden = self.capture.pop()[:, -1]  # (R, H): the pass that produced `logits`
+        temperature, top_p = self.sampler.predict(hidden, logits)
+        if real is not None and "temperature" in row_state:
+            temperature = torch.where(real, temperature, row_state["temperature"])
+            top_p = torch.where(real, top_p, row_state["top_p"])
+        row_state["temperature"], row_state["top_p"] = temperature, top_p
+
+    def before_token(self, row_state: dict[str, torch.Tensor]) -> None:
+        self.sampler.apply(row_state["temperature"], row_state["top_p"])
+
+    def token_values(self, row_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"temperature": row_state["temperature"], "top_p": row_state["top_p"]}
+
+    def make_trace(self, values: dict[str, torch.Tensor]) -> AutoDecoTrace:
+        return AutoDecoTrace(temperature=values["temperature"], top_p=values["top_p"])
+
+
+@register_proposal
+def autodeco_proposal(call: DecoderCall, processors: Any) -> AutoDecoProposal | None:
+    """The AutoDeco proposal of a particle decoder call that has heads (`autodeco_heads=`, or an AutoDeco wrapper's
+    `generate`) unless `autodeco_proposal=False`; `None` otherwise (the static chain)."""
+    if call["autodeco_heads"] is None or call["autodeco_proposal"] is False:
+        return None
+    heads = resolve_heads(call.model, call["autodeco_heads"])
+    capture = call.resources.enter_context(capture_lm_head_input(call.model))
+    return AutoDecoProposal(HeadsSampler(heads, call.generation_config, processors), capture)
+
+
 @decoder(
     (
         Argument(
@@ -134,42 +232,23 @@ def autodeco(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
         is measured with the per-row temperatures.
     """
     model, generation_config = call.model, call.generation_config
-    heads = resolve_heads(model, call["autodeco_heads"])
-    user_t = 1.0 if generation_config.temperature is None else float(generation_config.temperature)
-    user_p = 1.0 if generation_config.top_p is None else float(generation_config.top_p)
-    do_sample = bool(generation_config.do_sample) and user_t > 0
-    processors = call.logits_processor
-    temperature_warper = top_p_warper = None
-    if do_sample:
-        processors, temperature_warper, top_p_warper = with_per_row_warpers(call.logits_processor)
-    min_top_p = float(getattr(heads.config, "min_top_p", 0.0) or 0.0)
+    sampler = HeadsSampler(resolve_heads(model, call["autodeco_heads"]), generation_config, call.logits_processor)
     records: dict[str, list[torch.Tensor]] = {"temperature": [], "top_p": []}
 
     with capture_lm_head_input(model) as capture:
 
         def step_hook(outputs: Any, chain: Any, unfinished: torch.Tensor) -> None:
-            hidden = capture.pop()[:, -1]  # (B, H): post-norm hidden state of the last position
-            logits = outputs.logits[:, -1]  # (B, V): raw logits, as the heads were trained on
-            with torch.no_grad():
-                predictions = heads(hidden, logits)
-            final_t, final_p = apply_multipliers(
-                predictions.temperature.float(), predictions.top_p.float(), user_t, user_p, min_top_p
-            )
-            final_t, final_p = final_t.to(call.device), final_p.to(call.device)  # (B,), (B,)
-            if do_sample:
-                temperature_warper.set_values(final_t)
-                top_p_warper.set_values(final_p)
-            else:
-                final_t = torch.zeros_like(final_t)
+            # The post-norm hidden state of the last position and the raw logits, as the heads were trained on.
+            final_t, final_p = sampler.predict(capture.pop()[:, -1], outputs.logits[:, -1])  # (B,), (B,)
+            sampler.apply(final_t, final_p)
             records["temperature"].append(final_t)
             records["top_p"].append(final_p)
 
-        generator = call_generator(call)
-        if not do_sample:
+        if not sampler.do_sample:
             generation_config = _greedy_config(generation_config)
         result, stacked = sampling_loop(
-            call.replace(logits_processor=processors, generation_config=generation_config),
-            generator=generator,
+            call.replace(logits_processor=sampler.processors, generation_config=generation_config),
+            generator=call_generator(call),
             step_hook=step_hook,
             step_records=records,
         )

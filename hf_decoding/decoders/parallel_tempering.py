@@ -130,6 +130,7 @@ def _coldest_chain(result: SweepResult, chains: int, coldest: int) -> SweepResul
     index = torch.tensor(keep_groups, device=result.log_weights.device)
     batch.slot_lists = {k: [v[s] for s in keep_slots] for k, v in batch.slot_lists.items()}
     batch.finished_tokens = [batch.finished_tokens[s] for s in keep_slots]
+    batch.finished_values = [batch.finished_values[s] for s in keep_slots]
     batch.slot_row = torch.full((len(keep_slots),), -1, dtype=torch.long, device=batch.device)
     batch.num_groups = len(keep_groups)
     batch.prompt_ids = batch.prompt_ids.index_select(0, index)

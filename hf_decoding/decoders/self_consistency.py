@@ -14,7 +14,17 @@ __all__ = ["self_consistency"]
 
 
 @particle_decoder(
-    ("num_particles", "stop_pattern", "answer_extractor", "reward_model", "seed", "generator", "tokenizer"),
+    (
+        "num_particles",
+        "stop_pattern",
+        "answer_extractor",
+        "reward_model",
+        "seed",
+        "generator",
+        "tokenizer",
+        "autodeco_heads",
+        "autodeco_proposal",
+    ),
     defaults={"num_particles": 8},
     notes={
         "reward_model": "Optional: only breaks ties between completions of the winning answer.",

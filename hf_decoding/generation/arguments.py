@@ -10,6 +10,7 @@ the "Args" section of its docstring from [`Argument`] entries, so that a family 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -93,17 +94,17 @@ def decoder(
             generation_config: GenerationConfig,
             **kwargs: Any,
         ) -> Any:
-            return fn(
-                DecoderCall(
-                    model=model,
-                    input_ids=input_ids,
-                    logits_processor=logits_processor,
-                    stopping_criteria=stopping_criteria,
-                    generation_config=generation_config,
-                    arguments={name: kwargs.get(name) for name in names},
-                    model_kwargs={key: value for key, value in kwargs.items() if key not in names},
-                )
+            call = DecoderCall(
+                model=model,
+                input_ids=input_ids,
+                logits_processor=logits_processor,
+                stopping_criteria=stopping_criteria,
+                generation_config=generation_config,
+                arguments={name: kwargs.get(name) for name in names},
+                model_kwargs={key: value for key, value in kwargs.items() if key not in names},
             )
+            with call.resources:  # hooks a decoder registered for the call are removed when it returns
+                return fn(call)
 
         parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in _POSITIONAL]
         parameters += [
@@ -139,6 +140,7 @@ class DecoderCall:
     generation_config: GenerationConfig
     arguments: dict[str, Any]
     model_kwargs: dict[str, Any]
+    resources: contextlib.ExitStack = dataclasses.field(default_factory=contextlib.ExitStack)
 
     def __getitem__(self, name: str) -> Any:
         return self.arguments.get(name)

@@ -99,6 +99,19 @@ ARGUMENTS: dict[str, Argument] = {
             "`generate(tokenizer=...)`.",
         ),
         Argument("progress", "bool", "a tqdm bar over steps.", "bool | None"),
+        Argument(
+            "autodeco_heads",
+            "AutoDecoHeads, AutoDecoModelForCausalLM or str",
+            "AutoDeco heads (or a checkpoint to load them from): every particle's tokens are drawn with the "
+            "temperature and top-p the heads predict for it at every token, and `out.autodeco` holds the values "
+            "applied to the returned particles. Bound automatically by `AutoDecoModelForCausalLM.generate`.",
+        ),
+        Argument(
+            "autodeco_proposal",
+            "bool",
+            "`False` samples from the static configuration even when heads are given.",
+            "bool | None",
+        ),
     )
 }
 
@@ -127,6 +140,8 @@ SWEEP_ARGUMENTS: tuple[str, ...] = (
     "generator",
     "tokenizer",
     "progress",
+    "autodeco_heads",
+    "autodeco_proposal",
 )
 
 #: Step-level search (beam search, DVTS): no weights, no resampling, no preset.
@@ -157,6 +172,8 @@ INDEPENDENT_ARGUMENTS: tuple[str, ...] = (
     "seed",
     "generator",
     "tokenizer",
+    "autodeco_heads",
+    "autodeco_proposal",
 )
 
 #: The documented defaults of the independent-completion decoders.

@@ -20,6 +20,7 @@ from ..rewards.base import RewardModel, RewardSession, as_reward_model
 from .arguments import INDEPENDENT_DEFAULTS, DecoderCall
 from .cost import CostMeter
 from .options import ParticleOptions, particle_options, resolve_options
+from .proposal import RowProposal, build_proposal
 from .selection import extract_answer, select_particles
 from .state import ParticleBatch, PrefilledPrompts
 from .steps import StepConfig, StepRunner
@@ -65,6 +66,7 @@ class ParticleSetup:
     meter: CostMeter
     pad_token_id: int
     answer_extractor: Any
+    proposal: RowProposal | None = None
 
     def new_batch(self, num_particles: int, copies: int = 1, reuse: bool = True) -> ParticleBatch:
         """B·copies groups of `num_particles` fanned out of the single prefill."""
@@ -93,8 +95,9 @@ class ParticleSetup:
         forward_passes: int,
         generated_tokens: int | None = None,
     ) -> torch.LongTensor | DecodingOutput:
-        """The selected particle of each group as `generate`'s output ([`assemble_output`])."""
-        return assemble_output(
+        """The selected particle of each group as `generate`'s output ([`assemble_output`]); with a proposal,
+        its recorded per-token values of the returned particles too (`out.<proposal.output_field>`)."""
+        out = assemble_output(
             result=result,
             selected=selected,
             generation_config=self.generation_config,
@@ -103,6 +106,20 @@ class ParticleSetup:
             forward_passes=forward_passes,
             generated_tokens=result.generated_tokens if generated_tokens is None else generated_tokens,
         )
+        if self.proposal is not None and isinstance(out, DecodingOutput):
+            batch = result.batch
+            width = out.sequences.shape[1] - batch.prompt_len
+            rows: dict[str, list[torch.Tensor]] = {}
+            for b in range(batch.num_groups):
+                values = batch.slot_values(b * batch.num_particles + int(selected[b]))
+                for key, value in values.items():
+                    row = torch.full((width,), float("nan"), device=out.sequences.device)
+                    row[: value.numel()] = value[:width].to(row.device)
+                    rows.setdefault(key, []).append(row)
+            setattr(
+                out, self.proposal.output_field, self.proposal.make_trace({k: torch.stack(v) for k, v in rows.items()})
+            )
+        return out
 
     def answers(self, result: SweepResult) -> list[list[str | None]]:
         """Extracted answer of every particle, `(B, N)` nested lists."""
@@ -224,6 +241,7 @@ def prepare(
     prompt_tokens = (
         mask.sum(-1) if mask is not None else torch.full((input_ids.shape[0],), input_ids.shape[1])
     ).tolist()
+    proposal = build_proposal(call, logits_processor)
     runner = StepRunner(
         model,
         logits_processor,
@@ -233,9 +251,10 @@ def prepare(
         tokenizer=tokenizer,
         generator=generator,
         record_token_stats=bool(getattr(reward, "needs_token_stats", False)),
+        proposal=proposal,
     )
     with meter.phase("prefill"):
-        prompts = PrefilledPrompts.prefill(model, input_ids, generation_config, model_kwargs)
+        prompts = PrefilledPrompts.prefill(model, input_ids, generation_config, model_kwargs, proposal=proposal)
     extractor = answer_extractor if answer_extractor is not None else extract_answer
     setup = ParticleSetup(
         generation_config=generation_config,
@@ -251,6 +270,7 @@ def prepare(
         meter=meter,
         pad_token_id=pad_token_id,
         answer_extractor=extractor,
+        proposal=proposal,
     )
     return setup, resolved
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,18 +40,27 @@ class PrefilledPrompts:
         input_ids (`torch.LongTensor` of shape `(B, P)`): the prompts (left padded).
         model_kwargs (`dict`): cache (B rows) and attention mask `(B, P)` (always explicit).
         next_logits (`torch.FloatTensor` of shape `(B, V)`): logits after each prompt.
+        row_state (`dict[str, torch.Tensor]`): per-prompt values a proposal computed from the prefill (fanned out
+            with the rows).
     """
 
     input_ids: torch.LongTensor
     model_kwargs: dict[str, Any]
     next_logits: torch.Tensor
+    row_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     @torch.no_grad()
     def prefill(
-        cls, model: Any, input_ids: torch.LongTensor, generation_config: GenerationConfig, model_kwargs: dict[str, Any]
+        cls,
+        model: Any,
+        input_ids: torch.LongTensor,
+        generation_config: GenerationConfig,
+        model_kwargs: dict[str, Any],
+        proposal: Any = None,
     ) -> PrefilledPrompts:
-        """One prefill of the B prompts (transformers' own `_prefill` when available)."""
+        """One prefill of the B prompts (transformers' own `_prefill` when available); a
+        [`~hf_decoding.smc.proposal.RowProposal`] computes its per-row state from it."""
         model_kwargs = dict(model_kwargs)
         if model_kwargs.get("attention_mask") is None:
             # transformers drops an all-ones mask; holes need an explicit one.
@@ -67,7 +76,10 @@ class PrefilledPrompts:
         # own column (0 for holes) in `append_tokens`.
         model_kwargs["attention_mask"] = model_kwargs["attention_mask"][:, :-1]
         model_kwargs.pop("position_ids", None)
-        return cls(input_ids=input_ids, model_kwargs=model_kwargs, next_logits=next_logits)
+        row_state: dict[str, torch.Tensor] = {}
+        if proposal is not None:
+            proposal.after_forward(row_state, next_logits, None)
+        return cls(input_ids=input_ids, model_kwargs=model_kwargs, next_logits=next_logits, row_state=row_state)
 
 
 def flat_ancestors(ancestors: torch.Tensor) -> torch.LongTensor:
@@ -128,6 +140,8 @@ class ParticleBatch:
         self.slot_tensors: dict[str, torch.Tensor] = {}
         self.slot_lists: dict[str, list[Any]] = {}
         self.finished_tokens: list[torch.LongTensor | None] = [None] * self.num_slots
+        self.token_values: dict[str, torch.Tensor] = {}
+        self.finished_values: list[dict[str, torch.Tensor] | None] = [None] * self.num_slots
         self.forward_passes = 0
 
     # ------------------------------------------------------------------------------------------------ construction
@@ -174,6 +188,7 @@ class ParticleBatch:
             next_logits=prompts.next_logits.index_select(0, fan_out),
             pad_token_id=pad_token_id,
         )
+        batch.row_state = {k: v.index_select(0, fan_out) for k, v in prompts.row_state.items()}
         batch.forward_passes = 0
         return batch
 
@@ -212,8 +227,18 @@ class ParticleBatch:
         return (self.slot_row >= 0).view(self.num_groups, self.num_particles)
 
     # ------------------------------------------------------------------------------------------------ token columns
-    def append_tokens(self, tokens: torch.LongTensor, real: torch.BoolTensor) -> None:
-        """Appends one token column `(R,)`; rows where `real` is False get a hole (pad token, mask 0)."""
+    def append_tokens(
+        self, tokens: torch.LongTensor, real: torch.BoolTensor, values: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Appends one token column `(R,)`; rows where `real` is False get a hole (pad token, mask 0). `values`
+        (`(R,)` each, e.g. the temperature a proposal applied) are recorded beside the token (NaN in holes)."""
+        for key, value in (values or {}).items():
+            column = torch.where(real, value.float(), torch.full_like(value, float("nan"), dtype=torch.float32))
+            past = self.token_values.get(key)
+            if past is None:
+                width = self.input_ids.shape[1] - self.prompt_len
+                past = torch.full((self.num_rows, width), float("nan"), device=self.device)
+            self.token_values[key] = torch.cat([past, column[:, None]], dim=-1)
         tokens = torch.where(real, tokens, torch.full_like(tokens, self.pad_token_id))
         self.input_ids = torch.cat([self.input_ids, tokens[:, None]], dim=-1)
         mask = self.model_kwargs["attention_mask"]
@@ -254,6 +279,14 @@ class ParticleBatch:
         tokens = self.finished_tokens[slot]
         return tokens if tokens is not None else self.input_ids.new_zeros(0)
 
+    def slot_values(self, slot: int) -> dict[str, torch.Tensor]:
+        """The recorded per-token values of slot `slot`'s generated tokens (live or finished), by name."""
+        row = int(self.slot_row[slot])
+        if row < 0:
+            return self.finished_values[slot] or {}
+        mask = self.attention_mask[row, self.prompt_len :].bool()
+        return {k: v[row][mask[: v.shape[1]]] for k, v in self.token_values.items()}
+
     def row_columns(self, row: int, start: int, length: int) -> torch.LongTensor:
         """`length` real tokens of row `row` starting at column `start` (one step, which has no holes inside)."""
         return self.input_ids[row, start : start + length]
@@ -287,6 +320,7 @@ class ParticleBatch:
             self.next_logits = self.next_logits.index_select(0, row_index)
             self.real_len = self.real_len.index_select(0, row_index)
             self.row_state = {k: v.index_select(0, row_index) for k, v in self.row_state.items()}
+            self.token_values = {k: v.index_select(0, row_index) for k, v in self.token_values.items()}
         self.row_slot = new_row_slot
         self.slot_row = torch.full((self.num_slots,), -1, dtype=torch.long, device=self.device)
         self.slot_row[new_row_slot] = torch.arange(new_row_slot.shape[0], device=self.device)
@@ -310,6 +344,7 @@ class ParticleBatch:
         src_list = src.tolist()
         self.slot_lists = {k: [_copy(v[s]) for s in src_list] for k, v in self.slot_lists.items()}
         self.finished_tokens = [self.finished_tokens[s] for s in src_list]
+        self.finished_values = [self.finished_values[s] for s in src_list]
         src_rows = self.slot_row.index_select(0, src)  # (B·N,), -1 where the ancestor has no row
         has_row = src_rows >= 0
         new_row_slot = torch.arange(self.num_slots, device=self.device)[has_row]
@@ -323,6 +358,10 @@ class ParticleBatch:
             return
         for row in (~keep).nonzero().flatten().tolist():
             self.finished_tokens[int(self.row_slot[row])] = self.row_tokens(row).clone()
+            if self.token_values:
+                self.finished_values[int(self.row_slot[row])] = {
+                    k: v.clone() for k, v in self.slot_values(int(self.row_slot[row])).items()
+                }
         index = keep.nonzero().flatten()
         self._reindex_rows(index, self.row_slot.index_select(0, index))
 

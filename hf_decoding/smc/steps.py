@@ -38,6 +38,7 @@ from ..generation.processing import ProcessorChain
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from .proposal import RowProposal
     from .state import ParticleBatch
 
 __all__ = [
@@ -265,6 +266,8 @@ class StepRunner:
         generator (`torch.Generator`, *optional*): the source of randomness.
         record_token_stats (`bool`, *optional*, defaults to `False`): also sum per-token log-probs and
             self-certainty (for [`~hf_decoding.rewards.SelfCertainty`]).
+        proposal ([`~hf_decoding.smc.proposal.RowProposal`], *optional*): per-row sampling parameters (e.g.
+            AutoDeco's heads) recomputed after every forward pass; its chain replaces `logits_processor`.
     """
 
     def __init__(
@@ -278,9 +281,11 @@ class StepRunner:
         generator: torch.Generator | None = None,
         record_token_stats: bool = False,
         decode_texts: bool = True,
+        proposal: RowProposal | None = None,
     ):
         self.model = model
-        self.chain = ProcessorChain(logits_processor)
+        self.proposal = proposal
+        self.chain = ProcessorChain(proposal.processors if proposal is not None else logits_processor)
         self.criteria = StoppingCriteriaList(
             c for c in (stopping_criteria or []) if not isinstance(c, (EosTokenCriteria, MaxLengthCriteria))
         )
@@ -353,7 +358,10 @@ class StepRunner:
                 forced_len[row] = tokens.numel()
                 forced_finish[row] = finishes
         k = 0
+        proposal = self.proposal
         while True:
+            if proposal is not None:
+                proposal.before_token(batch.row_state)
             scores, _ = self.chain(batch.input_ids, batch.next_logits, step_index)  # (R, V)
             tokens = select_tokens(scores, True, self.generator)  # (R,)
             if forced_tokens is not None:
@@ -366,7 +374,7 @@ class StepRunner:
                 kl_uniform = -math.log(log_probs.shape[-1]) - log_probs.mean(-1)
                 logprob_sum += torch.where(active, token_lp, 0.0)
                 certainty_sum += torch.where(active, kl_uniform, 0.0)
-            batch.append_tokens(tokens, active)
+            batch.append_tokens(tokens, active, proposal.token_values(batch.row_state) if proposal else None)
             lengths += active.long()
             new_tokens += active.long()
 
@@ -396,6 +404,8 @@ class StepRunner:
             # Feed the column unless every row that produced a real token just finished (its logits are unused).
             if bool((active & ~done).any()):
                 batch.feed(self.model)
+                if proposal is not None:
+                    proposal.after_forward(batch.row_state, batch.next_logits, active)
             active = still_active
             k += 1
             if not bool(active.any()):
