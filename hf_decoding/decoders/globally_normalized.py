@@ -14,6 +14,12 @@ grows). `out.particles` holds every particle, its final log-weight, the ESS per 
 estimate of `log sum_w prod_t p^(1/tau) 1[w_t in S_t]` (for truncation alone: `log p(A)`, the model's probability
 of staying in the kept sets), whose exponential is unbiased. The warpers are the ones `generate` builds from the
 config (`temperature`, `top_k`, `top_p`, `min_p`, ...), exactly as `decoding="sample"` applies them.
+
+With AutoDeco heads (an `AutoDecoModelForCausalLM`, or `autodeco_heads=` on a plain model) `tau_t` and the top-p
+of `S_t` are the values the heads predict for each particle from its own prefix (the proposal is
+`decoding="autodeco"`, through the same code), so the target is `prod_t p(w_t | c_t)^(1/tau_t(c_t)) 1[w_t in
+S_t(c_t)]` and the weight of a step is the row's kept mass under its own predicted values;
+`out.autodeco` holds the values applied to the returned particle.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from ..generation.cache import decode_step, pad_token_tensor, prefill, reorder_r
 from ..generation.loop import call_generator, option, select_tokens
 from ..generation.outputs import DecodingCost, DecodingOutput, DistortionTrace, ParticleTrace
 from ..generation.processing import ProcessorChain
+from ..smc.arguments import ARGUMENTS
+from ..smc.proposal import build_proposal
 from ..smc.resampling import RESAMPLING_SCHEMES, resample
 from ..smc.state import flat_ancestors
 from ..smc.weights import add_log_increments, ess, log_evidence, reset_after_resampling
@@ -82,6 +90,13 @@ def _check(num_particles: Any, resampling: Any, ess_threshold: Any, global_sampl
         dataclasses.replace(SEED, doc="seeds a private `torch.Generator` for sampling, resampling and the final draw."),
         GENERATOR,
         STREAMER,
+        dataclasses.replace(
+            ARGUMENTS["autodeco_heads"],
+            doc="AutoDeco heads (bound by `AutoDecoModelForCausalLM.generate`): the sampler whose global measure "
+            "is targeted is AutoDeco's, so every row is warped with its own predicted temperature and top-p and "
+            "weighted by its own kept mass; `out.autodeco` holds the values of the returned rows.",
+        ),
+        ARGUMENTS["autodeco_proposal"],
     ),
     defaults=GLOBALLY_NORMALIZED_DEFAULTS,
 )
@@ -91,7 +106,7 @@ def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
 
     Returns:
         `(B, L + new)` tokens, or a [`DecodingOutput`] with `particles`, `distortion` (of the returned particle's
-        path) and `cost` when `return_dict_in_generate=True`.
+        path), `cost` and, with AutoDeco heads, `autodeco` when `return_dict_in_generate=True`.
     """
     started = time.perf_counter()
     model, input_ids, generation_config = call.model, call.input_ids, call.generation_config
@@ -109,7 +124,9 @@ def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
         )
     device = input_ids.device
     generator = call_generator(call)
-    chain = ProcessorChain(logits_processor)
+    proposal = build_proposal(call, logits_processor)  # AutoDeco's heads, when given
+    chain = ProcessorChain(proposal.processors if proposal is not None else logits_processor)
+    row_state: dict[str, torch.Tensor] = {}
     batch, n = input_ids.shape[0], num_particles
     pad_token_id = pad_token_tensor(generation_config)
     pad_token_id = pad_token_id.to(device) if pad_token_id is not None else torch.zeros((), dtype=torch.long)
@@ -119,9 +136,13 @@ def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
     outputs, model_kwargs = prefill(model, input_ids, generation_config, model_kwargs)
     logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)  # (B, V)
     del outputs
+    if proposal is not None:
+        proposal.after_forward(row_state, logits, None)
     fan_out = torch.arange(batch, device=device).repeat_interleave(n)  # (B*N,)
     model_kwargs = reorder_rows(model_kwargs, fan_out)
     logits = logits.index_select(0, fan_out)
+    row_state = {k: v.index_select(0, fan_out) for k, v in row_state.items()}
+    applied: dict[str, torch.Tensor] = {}  # (B*N, steps) values the proposal applied along each particle's path
     ids = input_ids.index_select(0, fan_out)  # (B*N, L)
 
     log_weights = torch.zeros(batch, n, dtype=torch.float64, device=device)
@@ -131,6 +152,8 @@ def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
     identity = torch.arange(n, device=device).expand(batch, n)
     forward_passes, generated, step = 1, 0, 0
     while True:
+        if proposal is not None:
+            proposal.before_token(row_state)
         scores, step_distortion = chain(ids, logits, step)  # (B*N, V), (B*N,)
         step_distortion = torch.where(unfinished, step_distortion, 0.0)
         # Incremental weight Z_t = exp(-d_t): known before the token is drawn.
@@ -146,12 +169,18 @@ def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
             model_kwargs = reorder_rows(model_kwargs, index)
             ids, scores, unfinished = ids[index], scores[index], unfinished[index]
             step_distortion, distortion = step_distortion[index], distortion[index]
+            row_state = {k: v[index] for k, v in row_state.items()}
+            applied = {k: v[index] for k, v in applied.items()}
         ancestor_trace.append(ancestors)
         tokens = select_tokens(scores, True, generator)  # (B*N,)
         if has_eos:
             tokens = torch.where(unfinished, tokens, pad_token_id)
         generated += int(unfinished.sum())
         distortion = torch.cat([distortion, step_distortion[:, None]], dim=-1)
+        if proposal is not None:
+            for key, value in proposal.token_values(row_state).items():
+                column = torch.where(unfinished, value.float(), float("nan"))[:, None]  # NaN: no prediction used
+                applied[key] = torch.cat([applied[key], column], dim=-1) if key in applied else column
         ids = torch.cat([ids, tokens[:, None]], dim=-1)
         if streamer is not None:
             streamer.put(tokens.cpu())
@@ -162,6 +191,8 @@ def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
         outputs, model_kwargs = decode_step(model, ids, model_kwargs)
         logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
         del outputs
+        if proposal is not None:
+            proposal.after_forward(row_state, logits, unfinished)
         forward_passes += 1
     if streamer is not None:
         streamer.end()
@@ -176,7 +207,7 @@ def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
     if not generation_config.return_dict_in_generate:
         return sequences
     per_step = distortion[rows]
-    return DecodingOutput(
+    out = DecodingOutput(
         sequences=sequences,
         distortion=DistortionTrace(per_step=per_step, total=per_step.sum(-1)),
         particles=ParticleTrace(
@@ -193,6 +224,9 @@ def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
             seconds={"total": time.perf_counter() - started},
         ),
     )
+    if proposal is not None:
+        out.autodeco = proposal.make_trace({k: v[rows] for k, v in applied.items()})
+    return out
 
 
 def _independent_metropolis_hastings(log_weights: torch.Tensor, generator: torch.Generator | None) -> torch.LongTensor:
