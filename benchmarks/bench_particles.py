@@ -62,8 +62,15 @@ def timed(fn, device: str, repeats: int) -> list[float]:
 def random_llama(device: str, hidden: int = 128, layers: int = 2, vocab: int = 4096) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
         pad_token_id=0,
     )
     model = LlamaForCausalLM(config).eval().to(device)
@@ -73,8 +80,9 @@ def random_llama(device: str, hidden: int = 128, layers: int = 2, vocab: int = 4
 
 
 def chat_inputs(tokenizer: Any, device: str) -> dict[str, torch.Tensor]:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False
+    )
     return {k: v.to(device) for k, v in tokenizer([text], return_tensors="pt").items()}
 
 
@@ -91,13 +99,21 @@ def bench_overhead(model: Any, tokenizer: Any, device: str, n: int, tokens: int,
     def pf(delimiter: str | None):
         def run():
             out = model.generate(
-                **inputs, custom_generate=functools.partial(particle_filter, tokenizer=tokenizer),
-                num_particles=n, reward_model=constant_reward, tokens_per_step=step, step_delimiter=delimiter or "",
-                ess_threshold=1.0, seed=0, return_dict_in_generate=True, **common,
+                **inputs,
+                custom_generate=functools.partial(particle_filter, tokenizer=tokenizer),
+                num_particles=n,
+                reward_model=constant_reward,
+                tokens_per_step=step,
+                step_delimiter=delimiter or "",
+                ess_threshold=1.0,
+                seed=0,
+                return_dict_in_generate=True,
+                **common,
             )
             s = out.cost.seconds
             pf_generation.append(s["total"] - s["reward"])
             assert out.cost.generated_tokens == n * tokens, out.cost.generated_tokens
+
         return run
 
     plain()  # warm-up
@@ -106,8 +122,12 @@ def bench_overhead(model: Any, tokenizer: Any, device: str, n: int, tokens: int,
     timed(pf(None), device, repeats)
     fixed = list(pf_generation)
     return {
-        "n": n, "tokens": tokens, "tokens_per_step": step, "generate_s": statistics.median(base),
-        "particle_filter_s": statistics.median(fixed), "ratio": statistics.median(fixed) / statistics.median(base),
+        "n": n,
+        "tokens": tokens,
+        "tokens_per_step": step,
+        "generate_s": statistics.median(base),
+        "particle_filter_s": statistics.median(fixed),
+        "ratio": statistics.median(fixed) / statistics.median(base),
         "resampled_every_step": True,
     }
 
@@ -123,9 +143,18 @@ def bench_reprefill(model: Any, device: str, n: int, prompt_len: int, step_token
 
     def ours():
         out = model.generate(
-            input_ids=prompt, attention_mask=torch.ones_like(prompt), custom_generate=particle_filter,
-            num_particles=n, reward_model=_IdReward(), tokens_per_step=step_tokens, ess_threshold=1.0, seed=0,
-            max_new_tokens=total, min_new_tokens=total, return_dict_in_generate=True, **common,
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            custom_generate=particle_filter,
+            num_particles=n,
+            reward_model=_IdReward(),
+            tokens_per_step=step_tokens,
+            ess_threshold=1.0,
+            seed=0,
+            max_new_tokens=total,
+            min_new_tokens=total,
+            return_dict_in_generate=True,
+            **common,
         )
         return out.cost.seconds["total"] - out.cost.seconds["reward"]
 
@@ -135,23 +164,42 @@ def bench_reprefill(model: Any, device: str, n: int, prompt_len: int, step_token
         for _ in range(steps):
             # No cache reuse across steps: the whole prefix is prefilled again (what a server without prefix
             # caching does when every step is re-sent as text).
-            prefixes = model.generate(input_ids=prefixes, attention_mask=torch.ones_like(prefixes),
-                                      max_new_tokens=step_tokens, min_new_tokens=step_tokens, **common)
+            prefixes = model.generate(
+                input_ids=prefixes,
+                attention_mask=torch.ones_like(prefixes),
+                max_new_tokens=step_tokens,
+                min_new_tokens=step_tokens,
+                **common,
+            )
             ancestors = torch.multinomial(torch.ones(n), n, replacement=True, generator=gen).to(device)
             prefixes = prefixes.index_select(0, ancestors)
 
     def continuous():
-        model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), num_return_sequences=n,
-                       max_new_tokens=total, min_new_tokens=total, **common)
+        model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            num_return_sequences=n,
+            max_new_tokens=total,
+            min_new_tokens=total,
+            **common,
+        )
 
     ours()  # warm-up
     sync(device)
     ours_s = statistics.median([ours() for _ in range(2)])
     re_s = statistics.median(timed(reprefill, device, 1))
     cont_s = statistics.median(timed(continuous, device, 1))
-    return {"n": n, "prompt": prompt_len, "tokens_per_step": step_tokens, "steps": steps,
-            "particle_filter_s": ours_s, "reprefill_s": re_s, "continuous_generate_s": cont_s,
-            "speedup_vs_reprefill": re_s / ours_s, "reprefill_vs_continuous": re_s / cont_s}
+    return {
+        "n": n,
+        "prompt": prompt_len,
+        "tokens_per_step": step_tokens,
+        "steps": steps,
+        "particle_filter_s": ours_s,
+        "reprefill_s": re_s,
+        "continuous_generate_s": cont_s,
+        "speedup_vs_reprefill": re_s / ours_s,
+        "reprefill_vs_continuous": re_s / cont_s,
+    }
 
 
 class _IdReward:
@@ -184,9 +232,15 @@ def memory_child(n: int, device: str, tokens: int) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model.generate(
-        **inputs, custom_generate=functools.partial(particle_filter, tokenizer=tokenizer), num_particles=n,
-        reward_model=constant_reward, tokens_per_step=16, do_sample=True, max_new_tokens=tokens,
-        min_new_tokens=tokens, seed=0,
+        **inputs,
+        custom_generate=functools.partial(particle_filter, tokenizer=tokenizer),
+        num_particles=n,
+        reward_model=constant_reward,
+        tokens_per_step=16,
+        do_sample=True,
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        seed=0,
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"n": n, "peak_rss_mib": rss, "peak_kv_cache_mib": peak_cache / 2**20}
@@ -200,7 +254,9 @@ def bench_memory(ns: list[int], device: str, tokens: int) -> list[dict]:
     for n in ns:
         proc = subprocess.run(
             [sys.executable, __file__, "--memory-child", str(n), "--device", device, "--mem-tokens", str(tokens)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"  N={n}: {rows[-1]}", flush=True)
@@ -220,12 +276,25 @@ def bench_reward_cost(model: Any, tokenizer: Any, device: str, n: int, problems:
             ("best_of_n", best_of_n, {}),
         ):
             out = model.generate(
-                **inputs, custom_generate=functools.partial(decoder, tokenizer=tokenizer), num_particles=n,
-                reward_model=verifier, do_sample=True, temperature=0.8, top_k=0, max_new_tokens=tokens, seed=0,
-                return_dict_in_generate=True, **extra,
+                **inputs,
+                custom_generate=functools.partial(decoder, tokenizer=tokenizer),
+                num_particles=n,
+                reward_model=verifier,
+                do_sample=True,
+                temperature=0.8,
+                top_k=0,
+                max_new_tokens=tokens,
+                seed=0,
+                return_dict_in_generate=True,
+                **extra,
             )
-            rows[name].append({"reward_calls": out.cost.reward_calls, "reward_tokens": out.cost.reward_tokens,
-                               "generated_tokens": out.cost.generated_tokens})
+            rows[name].append(
+                {
+                    "reward_calls": out.cost.reward_calls,
+                    "reward_tokens": out.cost.reward_tokens,
+                    "generated_tokens": out.cost.generated_tokens,
+                }
+            )
     summary = {}
     for name, values in rows.items():
         summary[name] = {k: statistics.mean(v[k] for v in values) for k in values[0]}
@@ -252,8 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = hfd.load_default_model(device=args.device if args.device == "cuda" else None)
     if "a" in args.only:
         rows = []
-        for n, tokens, step in ((8, 64, 16), (16, 64, 16)) if not args.full else ((8, 256, 32), (16, 256, 32), (64, 256, 32)):
-            rows.append(bench_overhead(model, tokenizer, args.device, n, tokens, step, repeats=2 if not args.full else 3))
+        for n, tokens, step in (
+            ((8, 64, 16), (16, 64, 16)) if not args.full else ((8, 256, 32), (16, 256, 32), (64, 256, 32))
+        ):
+            rows.append(
+                bench_overhead(model, tokenizer, args.device, n, tokens, step, repeats=2 if not args.full else 3)
+            )
             print("(a)", rows[-1], flush=True)
         results["a_overhead_vs_generate"] = rows
     if "b" in args.only:
@@ -271,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         results["b_model"] = "SmolLM2-135M-Instruct" if args.full else "random Llama (hidden 128, 2 layers, vocab 4096)"
     if "c" in args.only:
         print("(c) peak memory vs N", flush=True)
-        results["c_memory"] = bench_memory([1, 4, 16, 32] if not args.full else [1, 4, 16, 64, 128], args.device, args.mem_tokens)
+        results["c_memory"] = bench_memory(
+            [1, 4, 16, 32] if not args.full else [1, 4, 16, 64, 128], args.device, args.mem_tokens
+        )
     if "d" in args.only:
         results["d_reward_cost"] = bench_reward_cost(model, tokenizer, args.device, n=8, problems=2, tokens=64)
         print("(d)", results["d_reward_cost"], flush=True)

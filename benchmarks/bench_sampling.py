@@ -253,7 +253,9 @@ def bench_loop(
                 print(f"  B={batch_size} {name}: {seconds:.3f} s", file=sys.stderr, flush=True)
     for name, seqs in sequences.items():
         if seqs.shape != (batch_size, prompt_len + new_tokens):
-            raise RuntimeError(f"{name} generated shape {tuple(seqs.shape)}, expected {(batch_size, prompt_len + new_tokens)}")
+            raise RuntimeError(
+                f"{name} generated shape {tuple(seqs.shape)}, expected {(batch_size, prompt_len + new_tokens)}"
+            )
     tokens = batch_size * new_tokens
     ours_s, base_s = _median(times["ours"]), _median(times["transformers"])
     ratio = ours_s / base_s
@@ -313,7 +315,8 @@ def bench_processor(
         print(
             f"  {scenario}: ours {[round(1e3 * t) for t in times['ours']]} ms, "
             f"transformers {[round(1e3 * t) for t in times['transformers']]} ms",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
         same_support = bool(torch.equal(torch.isfinite(fns["ours"]()), torch.isfinite(fns["transformers"]())))
     ours_ms = 1e3 * _median(times["ours"])
@@ -378,30 +381,48 @@ def print_processor_table(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--model", choices=["smollm2", "llama-1b"], default="smollm2")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="model dtype (default: float32; bfloat16 for llama-1b on cuda)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="model dtype (default: float32; bfloat16 for llama-1b on cuda)",
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--new-tokens", type=int, default=64, help="N = max_new_tokens = min_new_tokens (default 64)")
-    parser.add_argument("--top-p", type=float, default=0.9, help="top_p of both loops; 1.0 = pure sampling (default 0.9)")
+    parser.add_argument(
+        "--top-p", type=float, default=0.9, help="top_p of both loops; 1.0 = pure sampling (default 0.9)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per side first (default 1)")
     parser.add_argument("--prompt-tokens", type=int, default=32, help="random prompt length for llama-1b (default 32)")
     parser.add_argument("--proc-batch", type=int, default=64)
     parser.add_argument("--proc-vocab", type=int, default=151936)
     parser.add_argument("--proc-calls", type=int, default=20, help="timed calls per side (default 20)")
-    parser.add_argument("--proc-scenarios", nargs="+", choices=list(PROCESSOR_SCENARIOS), default=list(PROCESSOR_SCENARIOS))
+    parser.add_argument(
+        "--proc-scenarios", nargs="+", choices=list(PROCESSOR_SCENARIOS), default=list(PROCESSOR_SCENARIOS)
+    )
     parser.add_argument("--skip-loop", action="store_true", help="only the processor benchmark")
     parser.add_argument("--skip-processor", action="store_true", help="only the sampling-loop benchmark")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads(n) first (default: torch's default, one per core). On a CPU shared\n"
-                             "with other jobs use 1: a 2-thread op waits for a descheduled worker and small ops then\n"
-                             "take ~100 ms, which measures the scheduler rather than the code")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads(n) first (default: torch's default, one per core). On a CPU shared\n"
+        "with other jobs use 1: a 2-thread op waits for a descheduled worker and small ops then\n"
+        "take ~100 ms, which measures the scheduler rather than the code",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=pathlib.Path, default=None,
-                        help="JSON output (default: benchmarks/results/sampling_<device>.json)")
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=None,
+        help="JSON output (default: benchmarks/results/sampling_<device>.json)",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -432,8 +453,12 @@ def main(argv: list[str] | None = None) -> int:
             "parameters": params,
             "dtype": str(model.dtype),
             "generate_kwargs": {
-                "do_sample": True, "top_k": 0, "top_p": args.top_p, "temperature": 1.0,
-                "max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens,
+                "do_sample": True,
+                "top_k": 0,
+                "top_p": args.top_p,
+                "temperature": 1.0,
+                "max_new_tokens": args.new_tokens,
+                "min_new_tokens": args.new_tokens,
             },
             "ours": 'model.generate(..., decoding="sample", return_dict_in_generate=True)',
             "baseline": "model.generate(..., return_dict_in_generate=False)",
@@ -441,8 +466,16 @@ def main(argv: list[str] | None = None) -> int:
         }
         for batch_size in args.batch_sizes:
             row = bench_loop(
-                model, tokenizer, device, batch_size, args.new_tokens, args.top_p, args.repeats, args.warmup,
-                args.seed, args.prompt_tokens,
+                model,
+                tokenizer,
+                device,
+                batch_size,
+                args.new_tokens,
+                args.top_p,
+                args.repeats,
+                args.warmup,
+                args.seed,
+                args.prompt_tokens,
             )
             result["sampling_loop"]["rows"].append(row)
             print_loop_table([row], label)
@@ -455,9 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for scenario in args.proc_scenarios:
             rows.append(
-                bench_processor(
-                    scenario, device, args.proc_batch, args.proc_vocab, 0.9, args.proc_calls, 2, args.seed
-                )
+                bench_processor(scenario, device, args.proc_batch, args.proc_vocab, 0.9, args.proc_calls, 2, args.seed)
             )
             print_processor_table(rows[-1:])
         result["nucleus_processor"] = rows

@@ -30,8 +30,9 @@ def main() -> None:
     hfd.enable(model)
     inputs = tok(["Once upon a time"], return_tensors="pt")
     torch.manual_seed(0)
-    out = model.generate(**inputs, decoding="sample_then_greedy", greedy_after=4, do_sample=True, top_k=0,
-                         max_new_tokens=16)
+    out = model.generate(
+        **inputs, decoding="sample_then_greedy", greedy_after=4, do_sample=True, top_k=0, max_new_tokens=16
+    )
     print(tok.decode(out[0], skip_special_tokens=True))
     print("decoders:", hfd.available_decoders())
 

@@ -11,8 +11,16 @@ def main(max_new_tokens: int = 16) -> None:
     tracker = hfd.DistortionTracker(temperature=0.8)
     chain = [tracker.reference, TemperatureLogitsWarper(0.8), TopKLogitsWarper(20), tracker]
     # transformers adds its own warpers after user processors: switch them off and pass the chain ourselves.
-    model.generate(**inputs, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, logits_processor=chain,
-                   max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
+    model.generate(
+        **inputs,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        logits_processor=chain,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+    )
     print("per-step distortion:", [round(d, 3) for d in tracker.per_step[0].tolist()])
     print("total:", round(tracker.total[0].item(), 4))
 

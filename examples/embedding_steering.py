@@ -36,10 +36,11 @@ def next_token_probability(model, inputs, token_id, processor=None):
 
 def main() -> None:
     model, tok = hfd.load_default_model()
-    report = emb.probability_encoding(model, tok, TEXTS, num_dimensions=(8, 64, 576), random_repeats=1,
-                                      progress=False)
-    print(f"MLR of -log(mean probability) on {report.hidden_size} output-embedding dims, "
-          f"{report.num_positions} positions: held-out R2 {report.fit.r2:.3f}, Spearman {report.fit.spearman:.3f}")
+    report = emb.probability_encoding(model, tok, TEXTS, num_dimensions=(8, 64, 576), random_repeats=1, progress=False)
+    print(
+        f"MLR of -log(mean probability) on {report.hidden_size} output-embedding dims, "
+        f"{report.num_positions} positions: held-out R2 {report.fit.r2:.3f}, Spearman {report.fit.spearman:.3f}"
+    )
     print(f"mean-logit baseline (no fit): Spearman {report.baseline['spearman']:.3f}")
 
     inputs = tok(["My favourite animal in the whole world is the"], return_tensors="pt")
@@ -48,8 +49,10 @@ def main() -> None:
     with emb.steer_token_probability(model, [cat], 5.0, report=report, direction="least_squares"):
         steered = next_token_probability(model, inputs, cat)
     exact = next_token_probability(model, inputs, cat, TokenProbabilityLogitsProcessor(cat, 5.0))
-    print(f"p(' cat'): {before:.4f}; embedding edit x5: {steered:.4f} (x{steered / before:.2f}); "
-          f"exact processor x5: {exact:.4f} (x{exact / before:.2f})")
+    print(
+        f"p(' cat'): {before:.4f}; embedding edit x5: {steered:.4f} (x{steered / before:.2f}); "
+        f"exact processor x5: {exact:.4f} (x{exact / before:.2f})"
+    )
 
     saved = model.lm_head.weight.detach().clone()
     prompt = tok(["The weather today is"], return_tensors="pt")
@@ -59,8 +62,12 @@ def main() -> None:
         pruned = model.generate(**prompt, **greedy)
     print("greedy, full model:    ", repr(tok.decode(plain[0], skip_special_tokens=True)))
     print("greedy, 30% dims pruned:", repr(tok.decode(pruned[0], skip_special_tokens=True)))
-    print("weights restored bit-identically:", torch.equal(model.lm_head.weight, saved),
-          "| still tied:", model.lm_head.weight is model.get_input_embeddings().weight)
+    print(
+        "weights restored bit-identically:",
+        torch.equal(model.lm_head.weight, saved),
+        "| still tied:",
+        model.lm_head.weight is model.get_input_embeddings().weight,
+    )
 
 
 if __name__ == "__main__":

@@ -40,11 +40,21 @@ def toy_decoding() -> None:
     config = GenerationConfig(do_sample=True, top_k=0, return_dict_in_generate=True)
     empty_prompts = torch.zeros(200, 0, dtype=torch.long)
     for rule, options in (("random", {}), ("threshold", {"unmasking_threshold": 0.95})):
-        out = masked_diffusion(model, empty_prompts, generation_config=config, gen_length=10, unmasking=rule,
-                               unmasking_confidence="max_prob", seed=0, **options)
+        out = masked_diffusion(
+            model,
+            empty_prompts,
+            generation_config=config,
+            gen_length=10,
+            unmasking=rule,
+            unmasking_confidence="max_prob",
+            seed=0,
+            **options,
+        )
         law = sampler_distribution(joint, None, rule, threshold=0.95, confidence="max_prob")
-        print(f"  {rule:<9}: {float(out.steps.float().mean()):5.2f} forward passes per sequence "
-              f"(exact expectation {law.expected_steps:.2f}), KL(p||q) = {kl_divergence(joint.probs, law.probs):.4f}")
+        print(
+            f"  {rule:<9}: {float(out.steps.float().mean()):5.2f} forward passes per sequence "
+            f"(exact expectation {law.expected_steps:.2f}), KL(p||q) = {kl_divergence(joint.probs, law.probs):.4f}"
+        )
 
 
 def masked_lm_demo() -> None:
@@ -58,8 +68,12 @@ def masked_lm_demo() -> None:
     prompts = torch.tensor([[0, 0, 7, 8, 9], [10, 11, 12, 13, 14]])
     for options in ({"diffusion_steps": 8}, {"diffusion_steps": 2, "unmasking_schedule": "cosine"}):
         out = model.generate(
-            input_ids=prompts, attention_mask=(prompts != 0).long(), decoding="masked_diffusion", gen_length=8,
-            return_dict_in_generate=True, **options,
+            input_ids=prompts,
+            attention_mask=(prompts != 0).long(),
+            decoding="masked_diffusion",
+            gen_length=8,
+            return_dict_in_generate=True,
+            **options,
         )
         print(f"  {options}: forward passes {out.cost.forward_passes}, tokens/forward {out.tokens_per_forward:.2f}")
 
@@ -71,8 +85,15 @@ def trained_denoiser_demo(path: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     inputs = tokenizer(["The best way to "], return_tensors="pt", add_special_tokens=False)
     for options in ({"diffusion_steps": 64}, {"unmasking": "threshold", "unmasking_threshold": 0.9}):
-        out = model.generate(**inputs, decoding="masked_diffusion", gen_length=64, block_length=32,
-                             eos_token_id=tokenizer.eos_token_id, return_dict_in_generate=True, **options)
+        out = model.generate(
+            **inputs,
+            decoding="masked_diffusion",
+            gen_length=64,
+            block_length=32,
+            eos_token_id=tokenizer.eos_token_id,
+            return_dict_in_generate=True,
+            **options,
+        )
         text = tokenizer.decode(out.sequences[0], skip_special_tokens=True)
         print(f"  {options} ({out.cost.forward_passes} forward passes): {text!r}")
 

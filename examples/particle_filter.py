@@ -20,9 +20,19 @@ def main(num_particles: int = 4, max_new_tokens: int = 32) -> None:
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = tok([text], return_tensors="pt")
     out = model.generate(
-        **inputs, decoding="particle_filter", tokenizer=tok, num_particles=num_particles,
-        reward_model=ArithmeticStepVerifier(), reward_prompts=[question], step_delimiter="\n", ess_threshold=0.5,
-        do_sample=True, temperature=0.8, top_k=0, max_new_tokens=max_new_tokens, seed=0,
+        **inputs,
+        decoding="particle_filter",
+        tokenizer=tok,
+        num_particles=num_particles,
+        reward_model=ArithmeticStepVerifier(),
+        reward_prompts=[question],
+        step_delimiter="\n",
+        ess_threshold=0.5,
+        do_sample=True,
+        temperature=0.8,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        seed=0,
         return_dict_in_generate=True,
     )
     prompt_len = inputs["input_ids"].shape[1]
@@ -30,7 +40,9 @@ def main(num_particles: int = 4, max_new_tokens: int = 32) -> None:
     print("log-weights:", [round(w, 3) for w in out.particles.log_weights[0].tolist()])
     print("ESS per step:", [round(e, 2) for e in out.particles.ess[0].tolist()])
     cost = out.cost
-    print(f"cost: {cost.forward_passes} forward passes, {cost.generated_tokens} tokens, {cost.reward_calls} reward calls")
+    print(
+        f"cost: {cost.forward_passes} forward passes, {cost.generated_tokens} tokens, {cost.reward_calls} reward calls"
+    )
     print("seconds:", {k: round(v, 2) for k, v in cost.seconds.items()})
 
 

@@ -11,8 +11,14 @@ def main(max_new_tokens: int = 32) -> None:
     inputs = tok([text], return_tensors="pt")
     for decoding, top_p in (("sample", 0.9), ("distortion_aware_nucleus", 0.9)):
         out = model.generate(
-            **inputs, decoding=decoding, do_sample=True, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-            seed=0, return_dict_in_generate=True,
+            **inputs,
+            decoding=decoding,
+            do_sample=True,
+            top_p=top_p,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            seed=0,
+            return_dict_in_generate=True,
         )
         completion = tok.decode(out.sequences[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         print(f"[{decoding}] {completion.strip()!r}")
