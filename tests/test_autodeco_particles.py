@@ -195,3 +195,65 @@ def test_globally_normalized_targets_the_autodeco_samplers_global_measure():
     assert smc.autodeco.temperature.shape == (4000, STEPS) and not bool(smc.autodeco.temperature.isnan().any())
     off = draw("globally_normalized", num_particles=2, autodeco_proposal=False)
     assert off.autodeco is None
+
+
+# ------------------------------------------------------------------------------------------------ constant heads
+@pytest.mark.parametrize("decoding", ["particle_filter", "particle_gibbs"])
+def test_constant_temperature_and_full_top_p_equal_the_static_run(decoding):
+    """Heads forced to T = 0.6 and top-p = 1 (no top-p head): token for token the static method at T = 0.6."""
+    base = hfd.enable(build_tiny_llama(seed=1))
+    wrapper = AutoDecoModelForCausalLM.from_base(base, init_temperature=0.6, enable_top_p_head=False)
+    ours = _generate(wrapper, decoding, seed=4)
+    static = _generate(base, decoding, seed=4, temperature=0.6)
+    assert torch.equal(ours.sequences, static.sequences)
+    assert torch.equal(ours.particles.sequences, static.particles.sequences)
+    torch.testing.assert_close(ours.particles.log_weights, static.particles.log_weights)
+    alive = ~ours.autodeco.temperature.isnan()
+    torch.testing.assert_close(ours.autodeco.temperature[alive], torch.full((int(alive.sum()),), 0.6))
+    assert bool((ours.autodeco.top_p[alive] == 1).all())
+    assert torch.equal(alive, ~ours.autodeco.top_p.isnan())
+
+
+def test_globally_normalized_with_constant_heads_equals_the_static_sampler():
+    """B=2 left-padded prompts with EOS: constant heads give the static globally normalized run (same particles,
+    weights and distortion); `out.autodeco` is NaN exactly after the returned particle finished."""
+    base = hfd.enable(build_tiny_llama(seed=1, eos_token_id=5))  # an EOS this run draws: row 1 finishes early
+    wrapper = AutoDecoModelForCausalLM.from_base(base, init_temperature=0.6, init_top_p=0.9)
+    options = {
+        "decoding": "globally_normalized",
+        "num_particles": 4,
+        "do_sample": True,
+        "top_k": 0,
+        "max_new_tokens": 8,
+        "seed": 2,
+        "return_dict_in_generate": True,
+    }
+    ours = wrapper.generate(**prompt_batch(2), **options)
+    static = base.generate(**prompt_batch(2), temperature=0.6, top_p=0.9, **options)
+    assert torch.equal(ours.sequences, static.sequences)
+    assert torch.equal(ours.particles.sequences, static.particles.sequences)
+    torch.testing.assert_close(ours.particles.log_weights, static.particles.log_weights)
+    torch.testing.assert_close(ours.distortion.per_step, static.distortion.per_step)
+    width = prompt_batch(2)["input_ids"].shape[1]
+    assert ours.autodeco.temperature.shape == ours.autodeco.top_p.shape == (2, ours.sequences.shape[1] - width)
+    for b in range(2):
+        alive = ~ours.autodeco.temperature[b].isnan()
+        k = int(alive.sum())
+        assert k >= 1 and bool(alive[:k].all())
+        assert bool((ours.sequences[b, width + k :] == PAD).all())
+        torch.testing.assert_close(ours.autodeco.top_p[b, :k], torch.full((k,), 0.9))
+    assert bool(ours.autodeco.temperature.isnan().any())  # a returned particle did finish
+    assert static.autodeco is None
+
+
+def test_without_sampling_the_heads_set_nothing():
+    """`temperature=0` on the wrapper means no sampling: the particles are drawn untempered (with the usual
+    warning) exactly as the static run, and no values are recorded that were not applied."""
+    base = hfd.enable(build_tiny_llama(seed=1))
+    wrapper = AutoDecoModelForCausalLM.from_base(base, seed=2)
+    with pytest.warns(hfd.HfDecodingWarning, match="samples its particles"):
+        ours = _generate(wrapper, "particle_filter", seed=6, temperature=0.0)
+    with pytest.warns(hfd.HfDecodingWarning, match="samples its particles"):
+        static = _generate(base, "particle_filter", seed=6, do_sample=False, top_k=None)
+    assert torch.equal(ours.particles.sequences, static.particles.sequences)
+    assert ours.autodeco is None

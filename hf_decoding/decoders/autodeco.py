@@ -198,12 +198,17 @@ class AutoDecoProposal:
 @register_proposal
 def autodeco_proposal(call: DecoderCall, processors: Any) -> AutoDecoProposal | None:
     """The AutoDeco proposal of a particle decoder call that has heads (`autodeco_heads=`, or an AutoDeco wrapper's
-    `generate`) unless `autodeco_proposal=False`; `None` otherwise (the static chain)."""
+    `generate`) unless `autodeco_proposal=False`; `None` otherwise (the static chain). Without sampling
+    (`do_sample=False`, or `temperature=0` on the wrapper) the heads set nothing, so there is no proposal either: the
+    particles are drawn untempered, as `prepare` warns, and `out.autodeco` stays empty rather than recording values
+    that were not applied."""
     if call["autodeco_heads"] is None or call["autodeco_proposal"] is False:
         return None
-    heads = resolve_heads(call.model, call["autodeco_heads"])
+    sampler = HeadsSampler(resolve_heads(call.model, call["autodeco_heads"]), call.generation_config, processors)
+    if not sampler.do_sample:
+        return None
     capture = call.resources.enter_context(capture_lm_head_input(call.model))
-    return AutoDecoProposal(HeadsSampler(heads, call.generation_config, processors), capture)
+    return AutoDecoProposal(sampler, capture)
 
 
 @decoder(
