@@ -13,6 +13,7 @@ import hf_decoding as hfd
 from hf_decoding import AutoDecoModelForCausalLM
 
 TOK = toy_tokenizer()
+TOL = {"atol": 1e-4, "rtol": 1e-4}
 PARTICLE_DECODERS = [
     "particle_filter",
     "particle_gibbs",
@@ -257,3 +258,27 @@ def test_without_sampling_the_heads_set_nothing():
         static = _generate(base, "particle_filter", seed=6, do_sample=False, top_k=None)
     assert torch.equal(ours.particles.sequences, static.particles.sequences)
     assert ours.autodeco is None
+
+
+@pytest.mark.parametrize("decoding", ["particle_filter", "self_consistency", "beam_search_prm", "dvts"])
+def test_values_of_finished_particles_survive_and_end_in_nan(decoding):
+    """With an EOS these runs draw, a returned particle finishes (its row is dropped) before the other prompt's:
+    its recorded values are still the heads' predictions on its own prefix, then NaN where it had finished."""
+    base = hfd.enable(build_tiny_llama(seed=1, eos_token_id=41))
+    wrapper = AutoDecoModelForCausalLM.from_base(base, seed=2)
+    out = _generate(wrapper, decoding, max_new_tokens=8)
+    inputs = prompt_batch(2)
+    width = inputs["input_ids"].shape[1]
+    assert bool(out.autodeco.temperature.isnan().any())  # a returned particle finished early
+    for b in range(2):
+        alive = ~out.autodeco.temperature[b].isnan()
+        k = int(alive.sum())
+        assert bool(alive[:k].all()) and torch.equal(alive, ~out.autodeco.top_p[b].isnan())
+        assert bool((out.sequences[b, width + k :] == PAD).all())
+        ids = out.sequences[b : b + 1, : width + k]
+        mask = torch.cat([inputs["attention_mask"][b : b + 1], torch.ones(1, k, dtype=torch.long)], dim=-1)
+        with torch.no_grad():
+            forward = wrapper(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        predicted = slice(width - 1, width + k - 1)  # the value of token j comes from the position before it
+        torch.testing.assert_close(out.autodeco.temperature[b, :k], forward.temperature[0, predicted], **TOL)
+        torch.testing.assert_close(out.autodeco.top_p[b, :k], forward.top_p[0, predicted], **TOL)

@@ -47,6 +47,10 @@ class DistortionTrace:
 class AutoDecoTrace:
     """Temperatures and top-p values that AutoDeco actually applied.
 
+    For the particle decoders (and `globally_normalized`) driven by AutoDeco heads, row `b` holds the values applied
+    to each generated token of the particle returned for prompt `b` (the one in `sequences[b]`), carried along with
+    it through resampling.
+
     Args:
         temperature (`torch.FloatTensor` of shape `(batch_size, new_tokens)`): applied temperature per token; NaN at
             positions after the row finished (no prediction was made there), 0 under greedy decoding.
