@@ -40,10 +40,17 @@ def shipped_heads_path(name: str = "smollm2-135m-instruct") -> Any:
 def load_default_autodeco(
     name: str = "smollm2-135m-instruct",
     *,
+    base_model: Any = None,
+    tokenizer: Any = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
 ) -> tuple[AutoDecoModelForCausalLM, Any]:
     """The offline base model with its shipped AutoDeco heads, and its tokenizer.
+
+    Args:
+        name (`str`): the offline model whose shipped heads to load.
+        base_model (`PreTrainedModel`, *optional*): an already loaded base to put the heads on (with `tokenizer`);
+            loaded offline with `dtype` / `device` when not given.
 
     Example:
 
@@ -54,7 +61,10 @@ def load_default_autodeco(
     ```
     """
     path = shipped_heads_path(name)
-    base, tokenizer = load_default_model(name, dtype=dtype, device=device)
+    if base_model is None:
+        base_model, tokenizer = load_default_model(name, dtype=dtype, device=device)
+    elif tokenizer is None:
+        raise invalid_argument("tokenizer", None, "the base model's tokenizer when `base_model` is given")
     with importlib.resources.as_file(path) as directory:
-        model = AutoDecoModelForCausalLM.from_pretrained(directory, base_model=base)
-    return model.to(base.device), tokenizer
+        model = AutoDecoModelForCausalLM.from_pretrained(directory, base_model=base_model)
+    return model.to(base_model.device), tokenizer

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import time
 from typing import Any
 
@@ -145,10 +144,9 @@ def autodeco_section(model: Any, tokenizer: Any, inputs: dict[str, Any], max_new
     """`decoding="autodeco"` with the shipped SmolLM2 heads on the demo prompts: per-token temperature and top-p."""
     import torch
 
-    from ..autodeco import AutoDecoModelForCausalLM, shipped_heads_path
+    from ..autodeco import load_default_autodeco
 
-    with importlib.resources.as_file(shipped_heads_path("smollm2-135m-instruct")) as directory:
-        wrapper = AutoDecoModelForCausalLM.from_pretrained(directory, base_model=model)
+    wrapper, _ = load_default_autodeco(base_model=model, tokenizer=tokenizer)  # the shipped heads on this base
     started = time.perf_counter()
     with torch.no_grad():
         out = wrapper.generate(

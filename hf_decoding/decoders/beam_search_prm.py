@@ -8,10 +8,9 @@ from typing import Any
 import torch
 
 from ..errors import invalid_argument
-from ..generation.loop import option
 from ..generation.outputs import DecodingOutput
 from ..smc.arguments import SEARCH_ARGUMENTS, Argument, DecoderCall, particle_decoder
-from ..smc.decoding import prepare, run_sweep, select_final
+from ..smc.decoding import positive_int_option, prepare, run_sweep, select_final
 from ..smc.sweep import TopKPolicy
 
 __all__ = ["BEAM_WIDTH", "SEARCH_DEFAULTS", "beam_search_prm", "tree_search"]
@@ -39,9 +38,7 @@ def tree_search(
     """Beam search (`subtrees=False`) or DVTS (`subtrees=True`) over reasoning steps."""
     setup, _ = prepare(call, method=method, defaults=SEARCH_DEFAULTS)
     n = setup.options.num_particles
-    width = option(call.generation_config, "beam_width", call["beam_width"], 4)
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise invalid_argument("beam_width", width, "a positive integer")
+    width = positive_int_option(call, "beam_width", 4)
     if n % width:
         raise invalid_argument(
             "num_particles",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.resources
 from typing import Any
 
-from ..models import load_default_model
 from .process import ProcessRewardModel
 from .training import LearnedPRM
 
@@ -32,7 +31,5 @@ def load_default_prm(base_model: Any = None, tokenizer: Any = None, **prm_kwargs
         tokenizer (`PreTrainedTokenizerBase`, *optional*): its tokenizer (required with `base_model`).
         prm_kwargs: [`ProcessRewardModel`] options (`batch_size`, ...).
     """
-    if base_model is None:
-        base_model, tokenizer = load_default_model("smollm2-135m-instruct")
     with importlib.resources.as_file(shipped_prm_path()) as directory:
         return LearnedPRM.from_pretrained(directory, base_model=base_model, tokenizer=tokenizer, **prm_kwargs)

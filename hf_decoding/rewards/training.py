@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from ..errors import IncompatibleCheckpointError, invalid_argument
+from ..models import load_default_model
 from .answers import extract_answer, normalize_answer
 from .arithmetic import check_equations
 from .base import split_steps
@@ -262,8 +263,6 @@ class LearnedPRM(nn.Module):
             )  # fmt: skip
         config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         if base_model is None:
-            from ..models import load_default_model
-
             base_model, tokenizer = load_default_model(config.get("base_model", "smollm2-135m-instruct"))
         elif tokenizer is None:
             raise invalid_argument(
