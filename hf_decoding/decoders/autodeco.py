@@ -178,7 +178,8 @@ class AutoDecoProposal:
         self.processors = sampler.processors
 
     def after_forward(self, row_state: dict[str, torch.Tensor], logits: torch.Tensor, real: torch.Tensor | None):
-        hidden = self.capture.pop()[:, -1]  # (R, H): the pass that produced `logits`
+        # (R, H): the pass that produced `logits` (a fixed-shape cache runs spare rows after the R live ones)
+        hidden = self.capture.pop()[: logits.shape[0], -1]
         temperature, top_p = self.sampler.predict(hidden, logits)
         if real is not None and "temperature" in row_state:
             temperature = torch.where(real, temperature, row_state["temperature"])

@@ -32,7 +32,7 @@ import torch
 
 from ..errors import invalid_argument
 from ..generation.arguments import GENERATOR, SEED, STREAMER, Argument, DecoderCall, decoder
-from ..generation.cache import decode_step, pad_token_tensor, prefill, reorder_rows
+from ..generation.cache import decode_forward, decode_step, pad_token_tensor, prefill, reorder_rows
 from ..generation.loop import call_generator, option, select_tokens
 from ..generation.outputs import DecodingCost, DecodingOutput, DistortionTrace, ParticleTrace
 from ..generation.processing import ProcessorChain
@@ -139,7 +139,8 @@ def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
     if proposal is not None:
         proposal.after_forward(row_state, logits, None)
     fan_out = torch.arange(batch, device=device).repeat_interleave(n)  # (B*N,)
-    model_kwargs = reorder_rows(model_kwargs, fan_out)
+    model_kwargs = reorder_rows(model_kwargs, fan_out)  # a static cache: B*N rows allocated once, here
+    forward = decode_forward(model, generation_config, model_kwargs)  # compiled where `generate` would compile
     logits = logits.index_select(0, fan_out)
     row_state = {k: v.index_select(0, fan_out) for k, v in row_state.items()}
     applied: dict[str, torch.Tensor] = {}  # (B*N, steps) values the proposal applied along each particle's path
@@ -188,7 +189,7 @@ def globally_normalized(call: DecoderCall) -> torch.LongTensor | DecodingOutput:
         step += 1
         if not bool(unfinished.any()):
             break
-        outputs, model_kwargs = decode_step(model, ids, model_kwargs)
+        outputs, model_kwargs = decode_step(model, ids, model_kwargs, forward=forward)
         logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
         del outputs
         if proposal is not None:

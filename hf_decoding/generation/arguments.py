@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
+from .cache import decode_context
+
 __all__ = ["GENERATOR", "SEED", "STREAMER", "Argument", "DecoderCall", "decoder"]
 
 
@@ -104,6 +106,7 @@ def decoder(
                 model_kwargs={key: value for key, value in kwargs.items() if key not in names},
             )
             with call.resources:  # hooks a decoder registered for the call are removed when it returns
+                call.resources.enter_context(decode_context(model))  # as `generate` decodes (MoE kernels)
                 return fn(call)
 
         parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in _POSITIONAL]

@@ -14,13 +14,14 @@ storage (and a compiled graph's static addresses) survives a resampling.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, GenerationMixin
+from transformers import CompileConfig, GenerationConfig, GenerationMixin
 from transformers.cache_utils import Cache, DynamicCache, StaticLayer, StaticSlidingWindowLayer
 from transformers.generation import utils as generation_utils
 from transformers.generation.utils import GenerateDecoderOnlyOutput
@@ -32,14 +33,19 @@ __all__ = [
     "CACHE_NAMES",
     "OUTPUT_CACHE_FIELD",
     "ROW_KEYS",
+    "any_device_compile_config",
     "cache_output_fields",
     "cache_rows",
     "copy_cache",
     "crop_cache",
+    "decode_context",
+    "decode_forward",
     "decode_step",
     "eos_token_tensor",
     "forward_cache_kwargs",
+    "gather_rows_in_place",
     "get_cache",
+    "has_fixed_rows",
     "keep_custom_generation_keys",
     "new_dynamic_cache",
     "output_cache",
@@ -233,6 +239,36 @@ def _reorder_cache(cache: Any, index: torch.LongTensor) -> None:
             layer.reorder_cache(index.to(keys.device if isinstance(keys, torch.Tensor) else index.device))
 
 
+def has_fixed_rows(model_kwargs: Mapping[str, Any]) -> bool:
+    """Whether the cache's storage has a fixed shape (a `StaticCache`, `cache_implementation="static"`): its rows
+    must then be re-indexed in place, never reallocated, or a compiled forward recompiles (and loses its graphs)."""
+    cache = get_cache(model_kwargs)
+    layers = getattr(cache, "layers", None) or ()
+    return any(type(layer) in _IN_PLACE_LAYERS for layer in layers)
+
+
+def gather_rows_in_place(model_kwargs: Mapping[str, Any], index: torch.LongTensor) -> dict[str, Any]:
+    """Like [`reorder_rows`] with `len(index)` ≤ the cache's rows, for a cache of fixed shape: the first
+    `len(index)` cache rows receive rows `index` in place (same storage, same addresses, no recompilation); the
+    remaining rows keep whatever they hold (the caller masks them). Per-row model kwargs are re-indexed to
+    `len(index)` rows like [`reorder_rows`]. Every layer of the cache must be re-indexable in place."""
+    out = dict(model_kwargs)
+    cache = get_cache(out)
+    if cache is not None:
+        for layer in cache.layers:
+            if type(layer) not in _IN_PLACE_LAYERS:
+                raise TypeError(f"{type(layer).__name__} cannot be re-indexed in place")
+            if _layer_initialized(layer):
+                rows = index.to(layer.keys.device)
+                layer.keys[: rows.shape[0]].copy_(layer.keys.index_select(0, rows))
+                layer.values[: rows.shape[0]].copy_(layer.values.index_select(0, rows))
+    for key in ROW_KEYS:
+        value = out.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            out[key] = value.index_select(0, index.to(value.device))
+    return out
+
+
 def reorder_rows(model_kwargs: Mapping[str, Any], index: torch.LongTensor) -> dict[str, Any]:
     """Re-indexes every per-row piece of `model_kwargs` (cache rows, masks, positions) with `index` of shape (R,).
 
@@ -287,17 +323,60 @@ def prefill(
 
 
 def decode_step(
-    model: Any, input_ids: torch.LongTensor, model_kwargs: dict[str, Any], num_new_tokens: int = 1
+    model: Any,
+    input_ids: torch.LongTensor,
+    model_kwargs: dict[str, Any],
+    num_new_tokens: int = 1,
+    forward: Any | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Feeds the last `num_new_tokens` tokens of `input_ids` (the cache holds the rest).
+    """Feeds the last `num_new_tokens` tokens of `input_ids` (the cache holds the rest), through `forward` (the
+    compiled call [`decode_forward`] returns) or the model itself.
 
     Passing `next_sequence_length` matters (checked 5.17-5.25): without it transformers 5 feeds the whole sequence
     into the cache again at every step, silently. Without a cache (`use_cache=False`) the whole sequence is fed.
     """
     next_sequence_length = num_new_tokens if model_kwargs.get("use_cache", True) else None
     inputs = model.prepare_inputs_for_generation(input_ids, next_sequence_length=next_sequence_length, **model_kwargs)
-    outputs = model(**inputs, return_dict=True)
+    outputs = (forward or model)(**inputs, return_dict=True)
     return outputs, update_model_kwargs(model, outputs, model_kwargs, num_new_tokens=num_new_tokens)
+
+
+def decode_forward(model: Any, generation_config: GenerationConfig, model_kwargs: Mapping[str, Any]) -> Any:
+    """The callable `generate` itself would run decode steps with: the model's compiled call
+    (`get_compiled_call(generation_config.compile_config)`) when transformers' auto-compile criteria hold (a
+    compileable cache such as `cache_implementation="static"`, an accelerator or a compile config for every device,
+    `disable_compile` unset), else the model. Checked 5.17-5.25: `_valid_auto_compile_criteria(model_kwargs,
+    generation_config)` reads the cache under `"cache"` on 5.24+ and `"past_key_values"` before, so the kwargs are
+    handed over under both names.
+
+    A model with forward hooks or pre-hooks on any module (AutoDeco's capture of the LM-head input, a user's probe)
+    decodes eagerly: a compiled call does not guard on hooks, so hooks registered after it was traced would silently
+    not run."""
+    criteria = getattr(model, "_valid_auto_compile_criteria", None)
+    if criteria is None or not hasattr(model, "get_compiled_call"):
+        return model
+    if any(module._forward_hooks or module._forward_pre_hooks for module in model.modules()):
+        return model
+    cache = get_cache(model_kwargs)
+    if not criteria({"cache": cache, "past_key_values": cache}, generation_config):
+        return model
+    return model.get_compiled_call(generation_config.compile_config)
+
+
+def decode_context(model: Any) -> Any:
+    """The context `generate` decodes under (`_optimize_model_for_decode`: MoE expert kernels for small batches;
+    checked 5.17-5.25), or a null context on models without it."""
+    optimize = getattr(model, "_optimize_model_for_decode", None)
+    return optimize() if optimize is not None else contextlib.nullcontext()
+
+
+def any_device_compile_config(**kwargs: Any) -> CompileConfig:
+    """A `CompileConfig(**kwargs)` that `generate` (and our decoders) honour on every device, the CPU included;
+    transformers compiles only on accelerators unless the config opts in (`_compile_all_devices`; checked
+    5.17-5.25)."""
+    config = CompileConfig(**kwargs)
+    config._compile_all_devices = True
+    return config
 
 
 def update_model_kwargs(

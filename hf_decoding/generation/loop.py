@@ -17,7 +17,7 @@ from transformers import GenerationConfig
 
 from ..errors import invalid_argument
 from .arguments import DecoderCall
-from .cache import decode_step, get_cache, output_cache_kwargs, pad_token_tensor, prefill
+from .cache import decode_forward, decode_step, get_cache, output_cache_kwargs, pad_token_tensor, prefill
 from .outputs import DecodingCost, DecodingOutput, DistortionTrace
 from .processing import ProcessorChain
 
@@ -124,6 +124,7 @@ def sampling_loop(
     generated = torch.zeros((), dtype=torch.long, device=input_ids.device)
 
     outputs, model_kwargs = prefill(model, input_ids, generation_config, model_kwargs)
+    forward = decode_forward(model, generation_config, model_kwargs)  # compiled where `generate` would compile
     step = 0
     while True:
         # A copy in float32: the prefill logits can be large and must not stay referenced.
@@ -154,7 +155,7 @@ def sampling_loop(
         if not bool(unfinished.any()):
             break
         del outputs
-        outputs, model_kwargs = decode_step(model, input_ids, model_kwargs)
+        outputs, model_kwargs = decode_step(model, input_ids, model_kwargs, forward=forward)
         forward_passes += 1
 
     if streamer is not None:

@@ -27,7 +27,15 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from ..generation.cache import copy_cache, decode_step, prefill, reorder_rows, without_cache
+from ..generation.cache import (
+    copy_cache,
+    decode_step,
+    gather_rows_in_place,
+    has_fixed_rows,
+    prefill,
+    reorder_rows,
+    without_cache,
+)
 
 __all__ = ["ParticleBatch", "PrefilledPrompts", "flat_ancestors"]
 
@@ -111,6 +119,10 @@ class ParticleBatch:
         slot_tensors (`dict[str, torch.Tensor]`): per-slot tensors of shape `(B, N, ...)` (e.g. `"log_weights"`).
         slot_lists (`dict[str, list]`): per-slot Python lists of length `B·N` (e.g. step texts).
         finished_tokens (`list[torch.LongTensor | None]`): generated tokens of slots without a row.
+        cache_rows (`int` or `None`): with a cache of fixed shape (`cache_implementation="static"`), the rows it
+            was allocated with (B·N, at the fan-out). Live rows then occupy its first R rows, re-indexed in place;
+            the rest are spare rows the forward runs on and ignores, so its shapes never change. `None`: the cache
+            grows and shrinks with the live rows.
     """
 
     def __init__(
@@ -143,6 +155,7 @@ class ParticleBatch:
         self.token_values: dict[str, torch.Tensor] = {}
         self.finished_values: list[dict[str, torch.Tensor] | None] = [None] * self.num_slots
         self.forward_passes = 0
+        self.cache_rows: int | None = input_ids.shape[0] if has_fixed_rows(model_kwargs) else None
 
     # ------------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -245,25 +258,44 @@ class ParticleBatch:
         self.model_kwargs["attention_mask"] = torch.cat([mask, real[:, None].to(mask.dtype)], dim=-1)
         self._last_real = real
 
-    def feed(self, model: Any) -> torch.Tensor:
-        """Runs the model on the last appended column; updates `next_logits` of the rows whose token was real.
+    def feed(self, model: Any, forward: Any | None = None) -> torch.Tensor:
+        """Runs the model (or `forward`, its compiled call) on the last appended column; updates `next_logits` of
+        the rows whose token was real. With a fixed-shape cache the spare rows run too (pad tokens), and are
+        ignored.
 
         Returns:
             `torch.FloatTensor` of shape `(R, V)`: the new last-position logits (garbage on hole rows).
         """
         real = self._last_real
+        rows = self.num_rows
         kwargs = self.model_kwargs
         # Holes do not advance positions: the token's position is the count of real tokens before it.
         kwargs["position_ids"] = self.real_len[:, None].clone()
-        outputs, kwargs = decode_step(model, self.input_ids, kwargs)
-        kwargs["attention_mask"] = kwargs["attention_mask"][:, :-1]
+        input_ids = self.input_ids
+        spare = (self.cache_rows or rows) - rows
+        if spare > 0:
+            input_ids, kwargs = self._with_spare_rows(input_ids, kwargs, spare)
+        outputs, kwargs = decode_step(model, input_ids, kwargs, forward=forward)
+        kwargs["attention_mask"] = kwargs["attention_mask"][:rows, :-1]
         kwargs.pop("position_ids", None)
         self.model_kwargs = kwargs
         self.forward_passes += 1
-        logits = outputs.logits[:, -1].to(dtype=torch.float32)  # (R, V)
+        logits = outputs.logits[:rows, -1].to(dtype=torch.float32)  # (R, V)
         self.next_logits = torch.where(real[:, None], logits, self.next_logits)
         self.real_len = self.real_len + real.to(self.real_len.dtype)
         return logits
+
+    def _with_spare_rows(
+        self, input_ids: torch.LongTensor, kwargs: dict[str, Any], spare: int
+    ) -> tuple[torch.LongTensor, dict[str, Any]]:
+        """The forward's inputs for every cache row: the live rows, then `spare` rows of pad tokens (attending to
+        whatever their cache rows hold, so that no row is fully masked)."""
+        width = input_ids.shape[1]
+        kwargs = dict(kwargs)
+        mask = kwargs["attention_mask"]
+        kwargs["attention_mask"] = torch.cat([mask, mask.new_ones(spare, width)])
+        kwargs["position_ids"] = torch.cat([kwargs["position_ids"], kwargs["position_ids"].new_zeros(spare, 1)])
+        return torch.cat([input_ids, input_ids.new_full((spare, width), self.pad_token_id)]), kwargs
 
     # ------------------------------------------------------------------------------------------------------ tokens
     def row_tokens(self, row: int) -> torch.LongTensor:
@@ -314,6 +346,8 @@ class ParticleBatch:
                 # Everything finished: release the cache.
                 self.model_kwargs = without_cache(self.model_kwargs)
                 self.model_kwargs["attention_mask"] = self.attention_mask[:0]
+            elif self.cache_rows is not None:
+                self.model_kwargs = gather_rows_in_place(self.model_kwargs, row_index)  # no reallocation
             else:
                 self.model_kwargs = reorder_rows(self.model_kwargs, row_index)
             self.input_ids = self.input_ids.index_select(0, row_index)

@@ -31,7 +31,7 @@ from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
-from ..generation.cache import eos_token_tensor
+from ..generation.cache import decode_forward, eos_token_tensor
 from ..generation.loop import select_tokens
 from ..generation.processing import ProcessorChain
 
@@ -295,6 +295,8 @@ class StepRunner:
         self.record_token_stats = record_token_stats
         self.decode_texts = decode_texts and tokenizer is not None
         self.eos = eos_token_tensor(generation_config)
+        self.generation_config = generation_config
+        self._forward: Any | None = None  # the decode call, chosen at the first step (it depends on the cache)
         self.detector: StepBoundaryDetector | None = None
         if step_config.step_delimiter is not None:
             if tokenizer is None:
@@ -403,7 +405,9 @@ class StepRunner:
             still_active = active & ~ended
             # Feed the column unless every row that produced a real token just finished (its logits are unused).
             if bool((active & ~done).any()):
-                batch.feed(self.model)
+                if self._forward is None:
+                    self._forward = decode_forward(self.model, self.generation_config, batch.model_kwargs)
+                batch.feed(self.model, forward=self._forward)
                 if proposal is not None:
                     proposal.after_forward(batch.row_state, batch.next_logits, active)
             active = still_active
