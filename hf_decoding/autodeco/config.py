@@ -84,27 +84,19 @@ class AutoDecoConfig(PreTrainedConfig):
         hf_decoding_version: str | None = None,
         **kwargs: Any,
     ):
+        # Every named argument becomes the attribute of the same name (first statement: `locals()` is the arguments).
+        attributes = {name: value for name, value in locals().items() if name not in ("self", "kwargs", "__class__")}
         # Official checkpoints store the head input size as `temperature_hidden_size` / `top_p_hidden_size`.
         official_size = kwargs.get("temperature_hidden_size") or kwargs.get("top_p_hidden_size")
         if hidden_size is None:
             hidden_size = official_size
         if hidden_size is None and kwargs.get("n_embd") is not None:  # GPT-2 style base configs
             hidden_size = kwargs["n_embd"]
-        self.base_model_name_or_path = base_model_name_or_path
-        self.base_model_revision = base_model_revision
-        self.base_model_type = base_model_type
-        self.base_architectures = base_architectures
-        self.hidden_size = hidden_size
-        self.vocab_size = vocab_size
-        self.enable_temperature_head = bool(enable_temperature_head)
-        self.enable_top_p_head = bool(enable_top_p_head)
-        self.use_enhanced_features = bool(use_enhanced_features)
-        self.head_hidden_size = head_hidden_size
-        self.max_temperature = max_temperature
-        self.min_temperature = min_temperature
-        self.min_top_p = min_top_p
-        self.lora_adapter = lora_adapter
-        self.hf_decoding_version = hf_decoding_version
+        attributes["hidden_size"] = hidden_size
+        for switch in ("enable_temperature_head", "enable_top_p_head", "use_enhanced_features"):
+            attributes[switch] = bool(attributes[switch])
+        for name, value in attributes.items():
+            setattr(self, name, value)
         kwargs.setdefault("temperature_hidden_size", hidden_size)
         kwargs.setdefault("top_p_hidden_size", hidden_size)
         super().__init__(**kwargs)

@@ -319,15 +319,8 @@ def position_loss_terms(
     if train_top_p and heads.config.enable_top_p_head:
         keep = (~drop).float() if config.mask_easy_tokens_in_top_p_loss else torch.ones_like(weights)
         t_in = temperature.detach() if config.detach_temperature_in_top_p_loss else temperature
-        log_q = soft_top_p_log_probs(
-            logits,
-            t_in,
-            top_p,
-            labels,
-            steepness=config.steepness,
-            cumsum=config.cumsum,
-            top_k=config.top_k_candidates,
-        )
+        soft = {"steepness": config.steepness, "cumsum": config.cumsum, "top_k": config.top_k_candidates}
+        log_q = soft_top_p_log_probs(logits, t_in, top_p, labels, **soft)
         p_num = -(weights * log_q * keep).sum()
         p_den = keep.sum()
     return torch.stack([t_num, t_den.detach(), p_num, p_den.detach()])

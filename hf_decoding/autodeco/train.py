@@ -489,17 +489,10 @@ def train_heads(
     logits_dtype = getattr(torch, config.cache_logits_dtype)
     max_bytes = config.max_cache_gb * 2**30
     batch = config.per_device_train_batch_size
-    positions = _Positions(
-        model,
-        examples,
-        pad_id,
-        device,
-        bool(precompute),
-        logits_dtype,
-        max_bytes,
-        batch,
-        config.progress_bar and accelerator.is_local_main_process,
-    )
+    # How every `_Positions` (the examples and each control variant) batches and caches.
+    caching = (pad_id, device, bool(precompute), logits_dtype, max_bytes, batch)
+    show_progress = config.progress_bar and accelerator.is_local_main_process
+    positions = _Positions(model, examples, *caching, show_progress)
     control = None
     if config.control is not None:
         variants = []
@@ -519,20 +512,7 @@ def train_heads(
                     raise invalid_argument(
                         "max_length", config.max_length, "large enough to keep whole completions with the commands"
                     )
-            variants.append(
-                _Positions(
-                    model,
-                    encoded,
-                    pad_id,
-                    device,
-                    bool(precompute),
-                    logits_dtype,
-                    max_bytes,
-                    batch,
-                    config.progress_bar and accelerator.is_local_main_process,
-                    desc=f"caching '{phrase}'",
-                )
-            )
+            variants.append(_Positions(model, encoded, *caching, show_progress, desc=f"caching '{phrase}'"))
         control = (variants[0], variants[1])
 
     trainee = _Trainee(model, config, positions, control)

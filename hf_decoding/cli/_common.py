@@ -13,11 +13,17 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "add_command",
+    "add_command_group",
+    "add_common_arguments",
     "add_device_argument",
+    "add_optional_flag",
     "batch_prompts",
     "completion_lengths",
     "decode_completions",
     "format_table",
+    "from_args",
     "load_model",
     "parse_set",
     "print_json",
@@ -26,9 +32,117 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+#: The model the subcommands load when `--model` is not given.
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+#: `name: (add_argument keywords, default help)` of the arguments `add_common_arguments` knows.
+_COMMON_ARGUMENTS: dict[str, tuple[dict[str, Any], str]] = {
+    "model": ({"default": DEFAULT_MODEL}, "Local model directory or offline model name (default: SmolLM2)."),
+    "device": ({"default": None}, "Device for the model, e.g. 'cpu' or 'cuda' (default: cpu)."),
+    "threads": ({"type": int, "default": None}, "torch.set_num_threads (CPU)."),
+    "json": ({"action": "store_true"}, "Print a JSON document instead of text."),
+    "no_progress": ({"action": "store_true"}, "Hide progress bars."),
+}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, **arguments: str | bool) -> None:
+    """Adds the arguments many subcommands share, in the order of the keywords (it is the order of `--help`).
+
+    Args:
+        parser (`argparse.ArgumentParser`): the subcommand's parser.
+        **arguments (`str` or `True`): for each of `model` (`--model`, default `DEFAULT_MODEL`), `device`
+            (`--device`, default `None`), `threads` (`--threads`, an `int`, default `None`), `json` and `no_progress`
+            (`--json`, `--no-progress`: flags), its help text, or `True` for the default help.
+
+    Raises:
+        `TypeError`: for a keyword that is not one of these.
+    """
+    for name, help_text in arguments.items():
+        if name not in _COMMON_ARGUMENTS:
+            raise TypeError(f"add_common_arguments() got an unexpected keyword argument {name!r}")
+        options, default_help = _COMMON_ARGUMENTS[name]
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, **options, help=default_help if help_text is True else help_text)
+
+
+def add_optional_flag(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    """Adds `flag` and its `--no-` form; left out, it parses as `None` (the model's or tokenizer's own choice)."""
+    parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """Adds `--device` (where to put the model; CPU by default)."""
-    parser.add_argument("--device", default=None, help="Device for the model, e.g. 'cpu' or 'cuda' (default: cpu).")
+    add_common_arguments(parser, device=True)
+
+
+def add_command(
+    subparsers: Any,
+    name: str,
+    *,
+    help: str,
+    description: str | None = None,
+    formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter,
+    help_parser: bool = False,
+    **defaults: Any,
+) -> argparse.ArgumentParser:
+    """Adds the subcommand (or action) `name` to `subparsers` and sets its parsed `defaults` (`handler=run`, ...).
+
+    Args:
+        subparsers: the `add_subparsers()` object of the parent parser.
+        name (`str`): the subcommand.
+        help (`str`): its line in the parent's `--help`.
+        description (`str`, *optional*): the text at the top of its own `--help`.
+        formatter_class (`type`, *optional*, defaults to `argparse.HelpFormatter`): the class that formats its
+            `--help`.
+        help_parser (`bool`, *optional*, defaults to `False`): whether to set `help_parser` to the new parser too
+            (the parser whose help is printed when no handler runs).
+        **defaults: the other values set on the parsed arguments.
+
+    Returns:
+        `argparse.ArgumentParser`: the new parser.
+    """
+    parser = subparsers.add_parser(name, help=help, description=description, formatter_class=formatter_class)
+    parser.set_defaults(**defaults, **({"help_parser": parser} if help_parser else {}))
+    return parser
+
+
+def add_command_group(
+    subparsers: Any,
+    name: str,
+    *,
+    help: str,
+    description: str | None = None,
+    dest: str | None = None,
+    metavar: str = "ACTION",
+    title: str | None = "actions",
+    defaults: dict[str, Any] | None = None,
+) -> tuple[argparse.ArgumentParser, Any]:
+    """Adds the subcommand `name` whose actions are subcommands of their own (`hf-decoding autodeco train`).
+
+    Args:
+        subparsers: the `add_subparsers()` object of the parent parser.
+        name (`str`): the subcommand.
+        help (`str`): its line in the parent's `--help`.
+        description (`str`, *optional*): the text at the top of its own `--help`.
+        dest (`str`, *optional*, defaults to `"<name>_command"`): where the chosen action's name is stored.
+        metavar (`str`, *optional*, defaults to `"ACTION"`): the actions' placeholder in the usage line.
+        title (`str`, *optional*, defaults to `"actions"`): the heading of the actions in `--help` (`None`: they
+            are listed with the positional arguments).
+        defaults (`dict`, *optional*): values set on the parsed arguments besides `help_parser` (the new parser,
+            whose help is printed when no action is given).
+
+    Returns:
+        `(parser, actions)`: the new parser and its `add_subparsers()` object.
+    """
+    parser = subparsers.add_parser(name, help=help, description=description)
+    parser.set_defaults(**(defaults or {}), help_parser=parser)
+    group = {"title": title} if title is not None else {}
+    return parser, parser.add_subparsers(dest=dest or f"{name}_command", metavar=metavar, **group)
+
+
+def from_args(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """Parsed arguments passed on as the keywords of the same names: `{name: args.<name>}` for each of `names`."""
+    return {name: getattr(args, name) for name in names}
 
 
 def load_model(name_or_path: str, *, device: str | None = None, local_dirs: bool = True) -> tuple[Any, Any]:

@@ -8,6 +8,8 @@ import pathlib
 import sys
 from typing import Any
 
+from ._common import add_command, add_command_group, add_common_arguments, add_optional_flag, from_args
+
 __all__ = ["DEFAULT_PROMPTS", "register", "run_distortion"]
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
@@ -27,16 +29,18 @@ def _plot_file(model: str, kind: str = "distortion") -> str:
 def register(subparsers: Any) -> None:
     """Adds the `analyze` subcommand and its `distortion` analysis."""
     from ..analysis.distortion import DEFAULT_STRATEGIES, STRATEGIES
-    from ._common import add_device_argument
 
-    analyze = subparsers.add_parser(
+    _, analyses = add_command_group(
+        subparsers,
         "analyze",
         help="Analyses of decoding strategies (distortion, convergence).",
         description="Analyses of decoding strategies. Run `hf-decoding analyze distortion --help`.",
+        dest="analysis",
+        metavar="ANALYSIS",
+        title="analyses",
     )
-    analyze.set_defaults(help_parser=analyze)
-    analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", title="analyses")
-    parser = analyses.add_parser(
+    parser = add_command(
+        analyses,
         "distortion",
         help="Compare top-k, top-p, temperature and the distortion-aware nucleus at matched kept mass.",
         description=(
@@ -46,12 +50,10 @@ def register(subparsers: Any) -> None:
             "percentiles of the pairwise log distortion ratio |log eps(w) - log eps(v)| (pairs of the same prompt), "
             "the per-token NLL under the model and a per-token entropy estimate."
         ),
+        handler=run_distortion,
+        help_parser=True,
     )
-    parser.add_argument(
-        "--model",
-        default="smollm2-135m-instruct",
-        help="Local model directory or offline model name (default: SmolLM2).",
-    )
+    add_common_arguments(parser, model=True)
     parser.add_argument("--prompt", action="append", default=None, help="A prompt (repeatable; default: 4 built-in).")
     parser.add_argument(
         "--target-mass", type=float, nargs="+", default=[0.88], help="Mean kept mass(es) to match (default: 0.88)."
@@ -70,12 +72,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--num-contexts", type=int, default=256, help="Contexts for the mass matching (default: 256).")
     parser.add_argument("--batch-size", type=int, default=32, help="Samples generated at once (default: 32).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of contexts and samples (default: 0).")
-    parser.add_argument(
-        "--chat",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Wrap prompts in the chat template (default: when the tokenizer has one).",
-    )
+    add_optional_flag(parser, "--chat", "Wrap prompts in the chat template (default: when the tokenizer has one).")
     parser.add_argument(
         "--plot",
         metavar="DIR",
@@ -83,10 +80,9 @@ def register(subparsers: Any) -> None:
         help="Save the histograms as DIR/distortion_<model>.png and the quality-diversity curves as "
         "DIR/quality_diversity_<model>.png.",
     )
-    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bars.")
-    parser.add_argument("--json", action="store_true", help="Print a JSON document instead of a table.")
-    add_device_argument(parser)
-    parser.set_defaults(handler=run_distortion, help_parser=parser)
+    add_common_arguments(
+        parser, no_progress="Hide the progress bars.", json="Print a JSON document instead of a table.", device=True
+    )
     from . import analyze_convergence
 
     analyze_convergence.register(analyses)
@@ -108,20 +104,11 @@ def run_distortion(args: argparse.Namespace) -> int:
         return 2
     prompts = args.prompt or list(DEFAULT_PROMPTS)
     model, tokenizer = load_model(args.model, device=args.device)
-    comparison = compare_strategies(
-        model,
-        tokenizer,
-        prompts,
-        target_mass=args.target_mass,
-        strategies=args.strategies,
-        num_samples=args.num_samples,
-        max_new_tokens=args.max_new_tokens,
-        num_contexts=args.num_contexts,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        chat=args.chat,
-        progress=not args.no_progress,
+    options = from_args(
+        args, "target_mass", "strategies", "num_samples", "max_new_tokens", "num_contexts", "batch_size"
     )
+    options.update(from_args(args, "seed", "chat"), progress=not args.no_progress)
+    comparison = compare_strategies(model, tokenizer, prompts, **options)
     plot_path = quality_path = None
     if args.plot is not None:
         plot_path = plot_histograms(comparison, pathlib.Path(args.plot) / _plot_file(args.model))

@@ -7,6 +7,8 @@ import json
 import logging
 from typing import Any
 
+from ._common import add_command, add_common_arguments
+
 __all__ = ["add_parser", "format_study", "register", "run"]
 
 logger = logging.getLogger(__name__)
@@ -14,7 +16,8 @@ logger = logging.getLogger(__name__)
 
 def add_parser(subparsers: Any) -> None:
     """Adds the `convergence` command to `subparsers` (the `analyze` group's)."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "convergence",
         help="exact KL(p || q_T) of masked-diffusion sampling vs the number of steps T (Li & Cai, Theorem 1)",
         description=(
@@ -22,6 +25,8 @@ def add_parser(subparsers: Any) -> None:
             "as the denoiser (eps_train = 0), and computes KL(p || q_T) for balanced random unmasking at every T, "
             "the theorem's E_M KL and bound, the confidence-based rules (outside the theorem) and a dependence sweep."
         ),
+        handler=run,
+        help_parser=True,
     )
     parser.add_argument("--length", type=int, default=10, help="sequence length L of the main curves (8-12)")
     parser.add_argument("--vocab-size", type=int, default=3, help="alphabet size V")
@@ -29,8 +34,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--confidence-length", type=int, default=8, help="L for the confidence-rule curves")
     parser.add_argument("--output", default=None, help="write the study as JSON to this path")
     parser.add_argument("--plot", default=None, help="write the figure (PNG) to this path; needs matplotlib")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(handler=run, help_parser=parser)
+    add_common_arguments(parser, json="print JSON instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:

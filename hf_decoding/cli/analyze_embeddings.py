@@ -25,6 +25,8 @@ import sys
 import time
 from typing import Any
 
+from ._common import add_command, add_common_arguments, from_args
+
 __all__ = ["add_parser", "fortune_records", "gutenberg_paragraphs", "read_records", "run"]
 
 logger = logging.getLogger(__name__)
@@ -92,19 +94,16 @@ def _floats(text: str) -> list[float]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Adds the `embeddings` subcommand to `hf-decoding analyze`."""
-    from ._common import add_device_argument
-
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "embeddings",
         help="token probability encoded in the output embeddings: MLR fit, pruning, steering",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        handler=run,
+        help_parser=True,
     )
-    parser.add_argument(
-        "--model",
-        default="smollm2-135m-instruct",
-        help="local model directory or offline model name (see `hf-decoding env`)",
-    )
+    add_common_arguments(parser, model="local model directory or offline model name (see `hf-decoding env`)")
     parser.add_argument(
         "--texts",
         help="in-distribution text file, records split on %% lines or blank lines (unset: the fortunes records)",
@@ -140,12 +139,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-prompts", type=int, default=8, help="prompts of the greedy-agreement check")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="greedy continuation length")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is much faster on a busy, shared CPU)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_common_arguments(
+        parser,
+        threads="torch CPU threads (1 is much faster on a busy, shared CPU)",
+        json="print JSON instead of text",
+    )
     parser.add_argument("--plot", metavar="DIR", help="write embeddings_<model>_*.png figures to DIR")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    add_device_argument(parser)
-    parser.set_defaults(handler=run, help_parser=parser)
+    add_common_arguments(parser, no_progress="hide the progress bars", device=True)
 
 
 def _load_corpora(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
@@ -170,7 +170,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import HfDecodingError
     from ._common import load_model
 
-    progress = not args.no_progress
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -181,51 +180,23 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer = load_model(args.model, device=args.device)
         timings["load"] = time.perf_counter() - start
 
+        # The batching and progress options every stage takes.
+        common = {**from_args(args, "batch_size", "max_length"), "progress": not args.no_progress}
         start = time.perf_counter()
-        report = emb.probability_encoding(
-            model,
-            tokenizer,
-            fit_texts,
-            target=args.target,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            seed=args.seed,
-            progress=progress,
-        )
+        report = emb.probability_encoding(model, tokenizer, fit_texts, **from_args(args, "target", "seed"), **common)
         timings["probability_encoding"] = time.perf_counter() - start
 
         start = time.perf_counter()
+        options = from_args(args, "fractions", "num_prompts", "max_new_tokens", "seed")
         curves = emb.pruning_curves(
-            model,
-            tokenizer,
-            eval_texts,
-            held_out,
-            report=report,
-            fractions=args.fractions,
-            rankings=rankings,
-            num_prompts=args.num_prompts,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            seed=args.seed,
-            progress=progress,
+            model, tokenizer, eval_texts, held_out, report=report, rankings=rankings, **options, **common
         )
         timings["pruning_curves"] = time.perf_counter() - start
 
         start = time.perf_counter()
         directions = [d.strip() for d in args.directions.split(",") if d.strip()]
-        steering = emb.steering_curve(
-            model,
-            tokenizer,
-            eval_texts + held_out,
-            report=report,
-            num_tokens=args.num_tokens,
-            ratios=args.ratios,
-            directions=directions,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            progress=progress,
-        )
+        options = {**from_args(args, "num_tokens", "ratios"), "directions": directions, **common}
+        steering = emb.steering_curve(model, tokenizer, eval_texts + held_out, report=report, **options)
         timings["steering_curve"] = time.perf_counter() - start
     except (HfDecodingError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

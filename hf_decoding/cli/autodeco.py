@@ -19,31 +19,38 @@ import sys
 import time
 from typing import Any
 
+from ._common import add_command, add_command_group, add_common_arguments, from_args
+
 __all__ = ["add_parser", "main", "register", "run"]
 
 logger = logging.getLogger(__name__)
 
+#: The `train` arguments passed to `AutoDecoLossConfig` under their own names.
+_LOSS_ARGUMENTS = ("cumsum", "steepness", "top_k_candidates", "dft_weight", "easy_token_mask_prob", "chunk_size")
+
 
 def add_parser(subparsers: Any) -> None:
     """Adds the `autodeco` subcommand and its four actions to `subparsers`."""
-    parser = subparsers.add_parser(
+    _, actions = add_command_group(
+        subparsers,
         "autodeco",
         help="AutoDeco heads: build data, train, evaluate, export a custom_generate folder.",
         description="Train and evaluate AutoDeco temperature/top-p heads on any causal LM (arXiv 2510.26697).",
+        defaults={"handler": None},
     )
-    actions = parser.add_subparsers(dest="autodeco_command", metavar="ACTION", title="actions")
-    parser.set_defaults(handler=None, help_parser=parser)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--model",
-            default="smollm2-135m-instruct",
-            help="Base model: a local directory or an offline model name (default: SmolLM2-135M-Instruct).",
-        )
-        p.add_argument("--device", default=None, help="Device, e.g. cpu or cuda (default: cpu).")
-        p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU).")
-        p.add_argument("--json", action="store_true", help="Print a JSON document instead of text.")
-        p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    def action(name: str, help_text: str, description: str, *, common: bool = True) -> argparse.ArgumentParser:
+        parser = add_command(actions, name, help=help_text, description=description, handler=run, autodeco_action=name)
+        if common:
+            add_common_arguments(
+                parser,
+                model="Base model: a local directory or an offline model name (default: SmolLM2-135M-Instruct).",
+                device="Device, e.g. cpu or cuda (default: cpu).",
+                threads=True,
+                json=True,
+                no_progress=True,
+            )
+        return parser
 
     def task_args(p: argparse.ArgumentParser, problems: int, seed: int) -> None:
         p.add_argument(
@@ -54,12 +61,11 @@ def add_parser(subparsers: Any) -> None:
         p.add_argument("--num-problems", type=int, default=problems, help=f"Problems (default: {problems}).")
         p.add_argument("--problem-seed", type=int, default=seed, help=f"Seed of the problem generator ({seed}).")
 
-    build = actions.add_parser(
+    build = action(
         "build-data",
-        help="Rejection-sampled training data from the model itself.",
-        description="Samples completions of generated problems and keeps the correct ones.",
+        "Rejection-sampled training data from the model itself.",
+        "Samples completions of generated problems and keeps the correct ones.",
     )
-    common(build)
     task_args(build, 300, 1)
     build.add_argument("--samples-per-problem", type=int, default=8)
     build.add_argument("--max-kept-per-problem", type=int, default=None)
@@ -69,14 +75,12 @@ def add_parser(subparsers: Any) -> None:
     build.add_argument("--batch-size", type=int, default=32, help="Prompts per batch.")
     build.add_argument("--seed", type=int, default=0, help="Sampler seed.")
     build.add_argument("--output", required=True, help="Output JSONL path.")
-    build.set_defaults(handler=run, autodeco_action="build-data")
 
-    train = actions.add_parser(
+    train = action(
         "train",
-        help="Train the heads (accelerate-aware; optional joint LoRA).",
-        description="Trains AutoDeco heads on prompt/completion JSONL.",
+        "Train the heads (accelerate-aware; optional joint LoRA).",
+        "Trains AutoDeco heads on prompt/completion JSONL.",
     )
-    common(train)
     train.add_argument("--data", required=True, help="Prompt/completion JSONL.")
     train.add_argument("--output-dir", required=True)
     train.add_argument("--base-id", default=None, help="Hub id of the base to record (default: the loaded path).")
@@ -114,14 +118,12 @@ def add_parser(subparsers: Any) -> None:
     train.add_argument("--control", action="store_true", help="Add the natural-language control ranking loss.")
     train.add_argument("--control-margin", type=float, default=0.1)
     train.add_argument("--control-weight", type=float, default=1.0)
-    train.set_defaults(handler=run, autodeco_action="train")
 
-    evaluate = actions.add_parser(
+    evaluate = action(
         "eval",
-        help="Compare AutoDeco with greedy, static and oracle settings.",
-        description="Runs the protocol of docs/results/autodeco.md.",
+        "Compare AutoDeco with greedy, static and oracle settings.",
+        "Runs the protocol of docs/results/autodeco.md.",
     )
-    common(evaluate)
     task_args(evaluate, 48, 12345)
     evaluate.add_argument("--heads", required=True, help="Trained heads (directory or Hub id).")
     evaluate.add_argument("--exclude-data", default=None, help="JSONL whose prompts are removed from the test set.")
@@ -145,19 +147,18 @@ def add_parser(subparsers: Any) -> None:
         help="JSON file of finished runs; rerunning with it resumes an interrupted evaluation.",
     )
     evaluate.add_argument("--output-md", default=None)
-    evaluate.set_defaults(handler=run, autodeco_action="eval")
 
-    export = actions.add_parser(
+    export = action(
         "export-custom-generate",
-        help="Write a Hub folder with custom_generate/.",
-        description="Heads + custom_generate/generate.py so base.generate(custom_generate="
+        "Write a Hub folder with custom_generate/.",
+        "Heads + custom_generate/generate.py so base.generate(custom_generate="
         "<repo>, trust_remote_code=True) runs AutoDeco without hf-decoding.",
+        common=False,
     )
     export.add_argument("--heads", required=True, help="Directory written by save_pretrained.")
     export.add_argument("--output", required=True)
     export.add_argument("--repo-id", default=None, help="Target Hub repo (where generate.py reads the heads).")
     export.add_argument("--json", action="store_true")
-    export.set_defaults(handler=run, autodeco_action="export-custom-generate")
 
 
 register = add_parser
@@ -197,19 +198,9 @@ def _build_data(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args)
     problems = task.generate(args.num_problems, seed=args.problem_seed)
     started = time.perf_counter()
-    rows, stats = build_rejection_sampled_data(
-        model,
-        tokenizer,
-        problems,
-        samples_per_problem=args.samples_per_problem,
-        max_kept_per_problem=args.max_kept_per_problem,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    options = from_args(args, "samples_per_problem", "max_kept_per_problem", "temperature", "top_p", "max_new_tokens")
+    options.update(from_args(args, "batch_size", "seed"), progress=not args.no_progress)
+    rows, stats = build_rejection_sampled_data(model, tokenizer, problems, **options)
     write_jsonl(args.output, rows)
     stats.update(
         task=args.task,
@@ -243,30 +234,14 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
     config = AutoDecoTrainingConfig(
-        output_dir=args.output_dir,
-        learning_rate=args.learning_rate,
+        **from_args(args, "output_dir", "learning_rate", "max_steps", "gradient_accumulation_steps", "warmup_steps"),
+        **from_args(args, "max_length", "mixed_precision", "seed", "save_steps", "lora_r", "lora_alpha"),
         num_train_epochs=args.epochs,
-        max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        warmup_steps=args.warmup_steps,
-        max_length=args.max_length,
-        mixed_precision=args.mixed_precision,
-        seed=args.seed,
-        save_steps=args.save_steps,
         resume_from_checkpoint=args.resume,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
         train_temperature_head=not args.no_temperature_head,
         train_top_p_head=not args.no_top_p_head,
-        loss=AutoDecoLossConfig(
-            cumsum=args.cumsum,
-            steepness=args.steepness,
-            top_k_candidates=args.top_k_candidates,
-            dft_weight=args.dft_weight,
-            easy_token_mask_prob=args.easy_token_mask_prob,
-            chunk_size=args.chunk_size,
-        ),
+        loss=AutoDecoLossConfig(**from_args(args, *_LOSS_ARGUMENTS)),
         control=ControlConfig(margin=args.control_margin, weight=args.control_weight) if args.control else None,
         progress_bar=not args.no_progress,
     )
@@ -304,21 +279,11 @@ def _eval(args: argparse.Namespace) -> int:
         seen.add(key)
         kept.append(problem)
     problems = kept[: args.num_problems]
-    report = run_evaluation(
-        model,
-        tokenizer,
-        problems,
-        seeds=args.seeds,
-        num_samples=args.num_samples,
-        k=args.k,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        vendor=(args.vendor_temperature, args.vendor_top_p),
-        grid_temperatures=args.grid_temperatures,
-        grid_top_ps=args.grid_top_ps,
-        progress=not args.no_progress,
-        checkpoint=args.checkpoint,
+    options = from_args(args, "seeds", "num_samples", "k", "max_new_tokens", "batch_size", "checkpoint")
+    options.update(
+        from_args(args, "grid_temperatures", "grid_top_ps"), vendor=(args.vendor_temperature, args.vendor_top_p)
     )
+    report = run_evaluation(model, tokenizer, problems, **options, progress=not args.no_progress)
     document = report.to_dict()
     document["settings"].update(
         task=args.task,

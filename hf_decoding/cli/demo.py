@@ -13,6 +13,8 @@ import argparse
 import time
 from typing import Any
 
+from ._common import add_command, add_common_arguments
+
 __all__ = ["DEMO_PROMPTS", "DEMO_STRATEGIES", "autodeco_section", "particle_section", "register", "run"]
 
 DEMO_PROMPTS: tuple[str, ...] = (
@@ -36,9 +38,8 @@ DEMO_STRATEGIES: tuple[tuple[str, dict[str, Any]], ...] = (
 
 def register(subparsers: Any) -> None:
     """Adds the `demo` subcommand."""
-    from ._common import add_device_argument
-
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "demo",
         help="Show the library on SmolLM2: five strategies and their distortion, AutoDeco, a PRM-guided particle filter.",
         description=(
@@ -49,19 +50,19 @@ def register(subparsers: Any) -> None:
             "decoding='particle_filter' on one arithmetic problem weighted by the shipped learned PRM (weights, "
             "resampling events, cost)."
         ),
+        handler=run,
     )
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="Offline model name (see `hf-decoding env`).")
+    add_common_arguments(parser, model="Offline model name (see `hf-decoding env`).")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="Tokens to generate per prompt (default: 48).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of every sampling strategy (default: 0).")
-    parser.add_argument("--json", action="store_true", help="Print a JSON document instead of text.")
+    add_common_arguments(parser, json=True)
     parser.add_argument(
         "--num-particles", type=int, default=4, help="Particles of the particle-filter section (default: 4)."
     )
     parser.add_argument(
         "--skip-methods", action="store_true", help="Only the five strategies (no AutoDeco / particle filter)."
     )
-    add_device_argument(parser)
-    parser.set_defaults(handler=run)
+    add_common_arguments(parser, device=True)
 
 
 def run(args: argparse.Namespace) -> int:

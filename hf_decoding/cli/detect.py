@@ -8,15 +8,17 @@ import pathlib
 import sys
 from typing import Any
 
+from ._common import add_command, add_common_arguments, from_args
+
 __all__ = ["read_texts", "register", "run"]
 
 
 def register(subparsers: Any) -> None:
     """Adds the `detect` subcommand."""
     from ..detection.detector import METHODS
-    from ._common import add_device_argument
 
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "detect",
         help="Score texts as machine- or human-written (higher = more likely machine).",
         description=(
@@ -25,6 +27,8 @@ def register(subparsers: Any) -> None:
             "temperature/top-k/top-p/min-p maximised or marginalised over a grid), fast_detectgpt (analytic "
             "sampling discrepancy), loglik and logrank. Higher scores mean more likely machine-generated."
         ),
+        handler=run,
+        help_parser=True,
     )
     parser.add_argument("--text", action="append", default=None, help="A text to score (repeatable).")
     parser.add_argument(
@@ -33,11 +37,7 @@ def register(subparsers: Any) -> None:
         help="A file of texts: JSON lines with a 'text' field (and optionally 'prefix'), or one text per line; '-' "
         "reads stdin.",
     )
-    parser.add_argument(
-        "--model",
-        default="smollm2-135m-instruct",
-        help="Local model directory or offline model name (default: SmolLM2).",
-    )
+    add_common_arguments(parser, model=True)
     parser.add_argument(
         "--method", nargs="+", choices=METHODS, default=list(METHODS), help="Methods to compute (default: all)."
     )
@@ -51,10 +51,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="Score only the first N tokens of each text.")
     parser.add_argument("--min-tokens", type=int, default=4, help="Reject texts with fewer tokens (default 4).")
     parser.add_argument("--batch-size", type=int, default=8, help="Texts per forward pass (default 8).")
-    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
-    parser.add_argument("--json", action="store_true", help="Print a JSON document instead of a table.")
-    add_device_argument(parser)
-    parser.set_defaults(handler=run, help_parser=parser)
+    add_common_arguments(
+        parser, no_progress="Hide the progress bar.", json="Print a JSON document instead of a table.", device=True
+    )
 
 
 def read_texts(path: str) -> tuple[list[str], list[str] | None]:
@@ -100,17 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if not texts:
         raise invalid_argument("--text/--file", None, "at least one text", "Pass --text TEXT or --file PATH.")
     model, tokenizer = load_model(args.model, device=args.device)
-    detector = Detector(
-        model,
-        tokenizer,
-        temperature=args.temperature,
-        aggregate=args.aggregate,
-        epsilon=args.epsilon,
-        min_tokens=args.min_tokens,
-        max_tokens=args.max_tokens,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
+    options = from_args(args, "temperature", "aggregate", "epsilon", "min_tokens", "max_tokens", "batch_size")
+    detector = Detector(model, tokenizer, **options, progress=not args.no_progress)
     scores = detector.score_methods(texts, args.method, prefixes=prefixes)
     settings = detector.last_settings if "distortion" in args.method else None
     if args.json:

@@ -8,6 +8,8 @@ import logging
 import os
 from typing import Any
 
+from ._common import add_command, add_command_group, add_common_arguments, from_args
+
 __all__ = ["add_parser", "load_denoiser", "register", "run"]
 
 logger = logging.getLogger(__name__)
@@ -17,17 +19,23 @@ def add_parser(subparsers: Any) -> None:
     """Adds the `diffusion` command group (`train`, `eval`, `generate`) to `subparsers`."""
     from ..diffusion.training import DenoiserTrainingConfig
 
-    parser = subparsers.add_parser(
-        "diffusion", help="train / evaluate / sample a small masked-diffusion LM (character level, offline fortunes)"
+    _, commands = add_command_group(
+        subparsers,
+        "diffusion",
+        help="train / evaluate / sample a small masked-diffusion LM (character level, offline fortunes)",
+        metavar="{train,eval,generate}",
+        title=None,
+        defaults={"diffusion_command": None},
     )
-    parser.set_defaults(help_parser=parser, diffusion_command=None)
-    commands = parser.add_subparsers(dest="diffusion_command", metavar="{train,eval,generate}")
 
-    train = commands.add_parser(
+    train = add_command(
+        commands,
         "train",
         help="train the denoiser (accelerate-aware, tqdm progress); saves model + tokenizer",
         description="Trains a BertForMaskedLM (or ModernBertForMaskedLM) with LLaDA's masked-diffusion loss on "
         "Debian fortunes (apt-get install fortunes). Every option is a DenoiserTrainingConfig field.",
+        handler=run,
+        help_parser=True,
     )
     for name, (default, help_text) in DenoiserTrainingConfig.field_help().items():
         kind = type(default) if default is not None else int
@@ -38,25 +46,25 @@ def add_parser(subparsers: Any) -> None:
             default=default,
             help=f"{help_text} (default: {default})".replace("%", "%%"),
         )  # argparse formats help
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    train.add_argument("--json", action="store_true", help="print the summary as JSON")
-    train.set_defaults(handler=run, help_parser=train)
+    add_common_arguments(train, no_progress="hide the progress bar", json="print the summary as JSON")
 
-    evaluate = commands.add_parser(
-        "eval",
-        help="NFE-vs-quality table (teacher-forced policy NLL) and the mutual-information bound",
+    def trained_model_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        """An action on a denoiser that `diffusion train` wrote (`--model`)."""
+        parser = add_command(commands, name, help=help_text, handler=run, help_parser=True)
+        parser.add_argument("--model", required=True, help="directory written by `diffusion train`")
+        return parser
+
+    evaluate = trained_model_command(
+        "eval", "NFE-vs-quality table (teacher-forced policy NLL) and the mutual-information bound"
     )
-    evaluate.add_argument("--model", required=True, help="directory written by `diffusion train`")
     evaluate.add_argument("--prompt-length", type=int, default=32, help="prompt tokens of each held-out window")
     evaluate.add_argument("--windows", type=int, default=64, help="held-out windows scored per policy")
     evaluate.add_argument("--mi-windows", type=int, default=16, help="windows for the mutual-information estimate")
     evaluate.add_argument("--seed", type=int, default=0, help="seeds the random positions")
     evaluate.add_argument("--output", default=None, help="also write the result as JSON here")
-    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    evaluate.set_defaults(handler=run, help_parser=evaluate)
+    add_common_arguments(evaluate, json="print JSON instead of a table")
 
-    generate = commands.add_parser("generate", help="sample continuations with decoding='masked_diffusion'")
-    generate.add_argument("--model", required=True, help="directory written by `diffusion train`")
+    generate = trained_model_command("generate", "sample continuations with decoding='masked_diffusion'")
     generate.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
     generate.add_argument("--gen-length", type=int, default=64)
     generate.add_argument("--diffusion-steps", type=int, default=None, help="default: gen-length")
@@ -65,8 +73,7 @@ def add_parser(subparsers: Any) -> None:
     generate.add_argument("--unmasking-threshold", type=float, default=0.9)
     generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--json", action="store_true", help="print JSON")
-    generate.set_defaults(handler=run, help_parser=generate)
+    add_common_arguments(generate, json="print JSON")
 
 
 def load_denoiser(path: str) -> tuple[Any, Any, dict[str, Any]]:
@@ -173,11 +180,7 @@ def _generate(args: argparse.Namespace) -> int:
     with torch.no_grad():
         out = model.generate(
             **inputs,
-            gen_length=args.gen_length,
-            diffusion_steps=args.diffusion_steps,
-            block_length=args.block_length,
-            unmasking=args.unmasking,
-            unmasking_threshold=args.unmasking_threshold,
+            **from_args(args, "gen_length", "diffusion_steps", "block_length", "unmasking", "unmasking_threshold"),
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             seed=args.seed,

@@ -7,6 +7,8 @@ import importlib.metadata
 import platform
 from typing import Any
 
+from ._common import add_command, add_common_arguments
+
 __all__ = ["PACKAGES", "collect", "register", "run"]
 
 #: `(label, distribution name)` of the packages whose versions are reported.
@@ -25,14 +27,15 @@ PACKAGES: tuple[tuple[str, str], ...] = (
 
 def register(subparsers: Any) -> None:
     """Adds the `env` subcommand."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "env",
         help="Print versions, accelerator, decoders and offline models.",
         description="Prints the versions of Python and the packages hf_decoding uses, CUDA availability, the "
         "registered decoding methods and whether the offline models are installed and cached.",
+        handler=run,
     )
-    parser.add_argument("--json", action="store_true", help="Print a JSON document instead of text.")
-    parser.set_defaults(handler=run)
+    add_common_arguments(parser, json=True)
 
 
 def _version(distribution: str) -> str | None:

@@ -6,14 +6,17 @@ import argparse
 import dataclasses
 from typing import Any
 
+from ._common import add_command, add_common_arguments, add_optional_flag
+
 __all__ = ["register", "run"]
 
 
 def register(subparsers: Any) -> None:
     """Adds the `generate` subcommand."""
-    from ._common import add_device_argument, parse_set
+    from ._common import parse_set
 
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "generate",
         help="Generate completions with any registered decoding method.",
         description=(
@@ -21,23 +24,15 @@ def register(subparsers: Any) -> None:
             "name), enables decoding=, and generates a completion for each --prompt. Prints the completions and "
             "their total distortion; --json also gives the per-step distortion and the cost."
         ),
+        handler=run,
     )
-    parser.add_argument(
-        "--model",
-        default="smollm2-135m-instruct",
-        help="Local model directory or offline model name (default: SmolLM2).",
-    )
+    add_common_arguments(parser, model=True)
     parser.add_argument("--prompt", action="append", required=True, help="A prompt; repeat for a batch.")
     parser.add_argument(
         "--decoding", default="sample", help="Decoding method (see `hf-decoding env`); default: sample."
     )
     parser.add_argument("--max-new-tokens", type=int, default=64, help="Tokens to generate (default: 64).")
-    parser.add_argument(
-        "--do-sample",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Sample instead of greedy (default: the model's generation config).",
-    )
+    add_optional_flag(parser, "--do-sample", "Sample instead of greedy (default: the model's generation config).")
     parser.add_argument("--temperature", type=float, default=None, help="Sampling temperature.")
     parser.add_argument("--top-k", type=int, default=None, help="Top-k (0 disables; transformers' default is 50).")
     parser.add_argument("--top-p", type=float, default=None, help="Top-p / nucleus mass.")
@@ -53,9 +48,7 @@ def register(subparsers: Any) -> None:
         default=[],
         help="Any other generate argument (repeatable); VALUE is parsed as JSON when possible, e.g. --set num_particles=4.",
     )
-    parser.add_argument("--json", action="store_true", help="Print a JSON document instead of text.")
-    add_device_argument(parser)
-    parser.set_defaults(handler=run)
+    add_common_arguments(parser, json=True, device=True)
 
 
 def generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:

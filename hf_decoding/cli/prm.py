@@ -20,6 +20,8 @@ import pathlib
 import sys
 from typing import Any
 
+from ._common import add_command, add_command_group, add_common_arguments, from_args
+
 __all__ = ["add_parser", "register", "run"]
 
 logger = logging.getLogger(__name__)
@@ -27,19 +29,22 @@ logger = logging.getLogger(__name__)
 
 def add_parser(subparsers: Any) -> None:
     """Adds the `prm` subcommand (action `train`) to `subparsers`."""
-    parser = subparsers.add_parser(
+    _, actions = add_command_group(
+        subparsers,
         "prm",
         help="Learned process reward model: train a step scorer on the policy's own samples.",
         description="Train a value head on a frozen causal LM that scores reasoning steps (a ProcessRewardModel).",
+        defaults={"handler": None},
     )
-    actions = parser.add_subparsers(dest="prm_command", metavar="ACTION", title="actions")
-    parser.set_defaults(handler=None, help_parser=parser)
-    train = actions.add_parser(
+    train = add_command(
+        actions,
         "train",
         help="Sample, label (outcome propagated to steps), train the head, evaluate on held-out problems.",
         description="Trains a LearnedPRM head and prints its metrics as JSON.",
+        handler=run,
+        prm_action="train",
     )
-    train.add_argument("--model", default="smollm2-135m-instruct", help="Offline base/policy model name.")
+    add_common_arguments(train, model="Offline base/policy model name.")
     train.add_argument("--problems", type=int, default=100, help="Training problems (default: 100).")
     train.add_argument("--samples-per-problem", type=int, default=4, help="Policy samples per problem (4).")
     train.add_argument("--heldout-problems", type=int, default=48, help="Held-out problems (default: 48).")
@@ -51,11 +56,9 @@ def add_parser(subparsers: Any) -> None:
     train.add_argument("--problem-seed", type=int, default=0, help="Training problems seed; held-out uses +1000.")
     train.add_argument("--output-dir", required=True, help="Where the head, config and card go.")
     train.add_argument("--raw-dir", default=None, help="Also write labelled samples and metrics JSON here.")
-    train.add_argument("--device", default=None, help="Device, e.g. cpu or cuda (default: cpu).")
-    train.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU).")
+    add_common_arguments(train, device="Device, e.g. cpu or cuda (default: cpu).", threads=True)
     train.add_argument("--step-tag", default=None, help="Single-token step tag (default: <file_sep>, SmolLM2's).")
-    train.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
-    train.set_defaults(handler=run, prm_action="train")
+    add_common_arguments(train, no_progress=True)
 
 
 register = add_parser
@@ -93,17 +96,10 @@ def run(args: argparse.Namespace) -> int:
     from ..rewards.training import LabelledSample, PRMTrainingConfig, label_samples, train_prm
     from ._common import load_model
 
-    config = PRMTrainingConfig(
-        samples_per_problem=args.samples_per_problem,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        base_model=args.model,
-        progress_bar=not args.no_progress,
-        **({"step_tag": args.step_tag} if args.step_tag else {}),
-    )
+    options = from_args(args, "samples_per_problem", "max_new_tokens", "temperature", "epochs", "learning_rate", "seed")
+    if args.step_tag:
+        options["step_tag"] = args.step_tag
+    config = PRMTrainingConfig(**options, base_model=args.model, progress_bar=not args.no_progress)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, device=args.device, local_dirs=False)

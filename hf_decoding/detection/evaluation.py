@@ -163,13 +163,9 @@ class DetectionEvaluation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: sizes, timings, the AUROC table and the raw scores."""
+        sizes = ("num_texts", "prefix_tokens", "lengths", "methods", "settings", "seconds")
         return {
-            "num_texts": self.num_texts,
-            "prefix_tokens": self.prefix_tokens,
-            "lengths": self.lengths,
-            "methods": self.methods,
-            "settings": self.settings,
-            "seconds": self.seconds,
+            **{name: getattr(self, name) for name in sizes},
             "auroc": self.table(),
             "scores": {
                 "human": {str(n): {m: v.tolist() for m, v in d.items()} for n, d in self.human.items()},

@@ -17,6 +17,7 @@ from .sampling import (
     Prompt,
     _as_list,
     _eos_token_ids,
+    _generate_rows,
     _model_device,
     _pad_token_id,
     _progress,
@@ -137,11 +138,9 @@ class DistortionComparison:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable summary: settings, the table (NaN as `None`) and the per-sample totals."""
+        settings = ("num_contexts", "num_samples", "max_new_tokens", "seed")
         return {
-            "num_contexts": self.num_contexts,
-            "num_samples": self.num_samples,
-            "max_new_tokens": self.max_new_tokens,
-            "seed": self.seed,
+            **{name: getattr(self, name) for name in settings},
             "prompts": [p if isinstance(p, str) else _as_list(p) for p in self.prompts],
             "table": [{k: _nan_to_none(v) for k, v in row.items()} for row in self.table()],
             "samples": [
@@ -305,17 +304,8 @@ def compare_strategies(
             for batch, start in enumerate(range(0, num_samples, batch_size)):
                 index = row_prompt[start : start + batch_size].to(input_ids.device)
                 started = time.perf_counter()
-                out = model.generate(
-                    input_ids=input_ids[index],
-                    attention_mask=attention_mask[index],
-                    max_new_tokens=max_new_tokens,
-                    min_new_tokens=max_new_tokens,
-                    return_dict_in_generate=True,
-                    output_logits=True,
-                    output_scores=True,
-                    seed=seed + batch,
-                    **kwargs,
-                )
+                rows = (model, input_ids, attention_mask, index, max_new_tokens, seed + batch)
+                out = _generate_rows(*rows, output_scores=True, **kwargs)
                 seconds += time.perf_counter() - started
                 generated += out.cost.generated_tokens if out.cost is not None else index.numel() * max_new_tokens
                 tokens = out.sequences[:, prompt_width:]  # (b, T)

@@ -142,6 +142,29 @@ def _model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
+def _generate_rows(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    index: torch.Tensor,
+    max_new_tokens: int,
+    seed: int,
+    **kwargs: Any,
+) -> Any:
+    """`model.generate` on the prompt rows `index`: exactly `max_new_tokens` tokens each (EOS suppressed), seeded,
+    with the raw logits of every step (`kwargs`: the decoding and any other generate argument)."""
+    return model.generate(
+        input_ids=input_ids[index],
+        attention_mask=attention_mask[index],
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        return_dict_in_generate=True,
+        output_logits=True,
+        seed=seed,
+        **kwargs,
+    )
+
+
 def collect_contexts(
     model: Any,
     tokenizer: Any | None,
@@ -190,16 +213,8 @@ def collect_contexts(
     with _progress(math.ceil(num_rows / batch_size), "contexts", progress) as bar, torch.no_grad():
         for batch, start in enumerate(range(0, num_rows, batch_size)):
             index = row_prompt[start : start + batch_size].to(input_ids.device)
-            out = model.generate(
-                input_ids=input_ids[index],
-                attention_mask=attention_mask[index],
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=max_new_tokens,
-                return_dict_in_generate=True,
-                output_logits=True,
-                seed=seed + batch,
-                **generate_kwargs_for("temperature", 1.0),
-            )
+            pure = generate_kwargs_for("temperature", 1.0)
+            out = _generate_rows(model, input_ids, attention_mask, index, max_new_tokens, seed + batch, **pure)
             chunks.append(torch.stack(out.logits, dim=1).reshape(-1, out.logits[0].shape[-1]).float().cpu())  # (b*T, V)
             bar.update(1)
     contexts = torch.cat(chunks)  # (R * T, V)

@@ -190,6 +190,20 @@ def _check_int(value: Any, name: str, low: int = 1) -> int:
     return value
 
 
+def _require_report(
+    report: ProbabilityEncodingReport | None, name: str, value: Any, alternative: str
+) -> ProbabilityEncodingReport:
+    """`report`, or an error saying that `name=value` needs one (`alternative`: how to do without it)."""
+    if report is None:
+        raise invalid_argument(
+            "report",
+            None,
+            f"a ProbabilityEncodingReport for {name}={value!r}",
+            f"Run `probability_encoding(model, tokenizer, texts)` first, or {alternative}.",
+        )
+    return report
+
+
 @torch.no_grad()
 def probability_encoding(
     model: PreTrainedModel,

@@ -154,13 +154,9 @@ class LinearFit:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        scalars = ("r2", "pearson", "spearman", "r2_train", "intercept", "bias_coefficient")
         return {
-            "r2": self.r2,
-            "pearson": self.pearson,
-            "spearman": self.spearman,
-            "r2_train": self.r2_train,
-            "intercept": self.intercept,
-            "bias_coefficient": self.bias_coefficient,
+            **{name: getattr(self, name) for name in scalars},
             "coefficient_norm": float(self.coefficients.norm()),
             "num_train_tokens": int(self.train_index.numel()),
             "num_test_tokens": int(self.test_index.numel()),

@@ -14,7 +14,7 @@ import torch
 
 from ...errors import HfDecodingError, IncompatibleCheckpointError, invalid_argument
 from .edit import OutputEmbeddingEdit
-from .encoding import ProbabilityEncodingReport, _check_int
+from .encoding import ProbabilityEncodingReport, _check_int, _require_report
 from .fit import _generator
 from .head import Texts, _chunks, _collect_positions, _encode_texts, _model_device, output_head
 
@@ -75,13 +75,7 @@ def _removal_order(
         return torch.randperm(hidden, generator=generator), components
     if ranking not in RANKINGS:
         raise invalid_argument("ranking", ranking, f"one of {RANKINGS} or a tensor of per-dimension scores")
-    if report is None:
-        raise invalid_argument(
-            "report",
-            None,
-            f"a ProbabilityEncodingReport for ranking={ranking!r}",
-            "Run `probability_encoding(model, tokenizer, texts)` first, or use ranking='random'.",
-        )
+    report = _require_report(report, "ranking", ranking, "use ranking='random'")
     return torch.argsort(report.saliency(ranking, basis), stable=True), components
 
 

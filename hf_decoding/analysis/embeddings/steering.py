@@ -13,7 +13,7 @@ import torch
 
 from ...errors import IncompatibleCheckpointError, invalid_argument
 from .edit import OutputEmbeddingEdit
-from .encoding import ProbabilityEncodingReport, _check_int
+from .encoding import ProbabilityEncodingReport, _check_int, _require_report
 from .head import Texts, _chunks, _collect_positions, _encode_texts, output_head
 
 if TYPE_CHECKING:
@@ -95,13 +95,7 @@ def steering_vector(
         return -a / norm2
     if direction not in DIRECTIONS:
         raise invalid_argument("direction", direction, f"one of {DIRECTIONS} or a tensor")
-    if report is None:
-        raise invalid_argument(
-            "report",
-            None,
-            f"a ProbabilityEncodingReport for direction={direction!r}",
-            "Run `probability_encoding(model, tokenizer, texts)` first, or pass a direction tensor.",
-        )
+    report = _require_report(report, "direction", direction, "pass a direction tensor")
     if direction == "fitted":
         return -report.fit.coefficients / float(report.fit.coefficients @ report.fit.coefficients)
     mean = report.mean_hidden
