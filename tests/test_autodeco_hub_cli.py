@@ -299,6 +299,21 @@ def test_cli_workflow(
         ["export-custom-generate", "--heads", str(tmp_path / "heads"), "--output", str(tmp_path / "repo")], capsys
     )
     assert "custom_generate/generate.py" in exported["files"]
+    merged = _cli(
+        ["export-vllm", str(tmp_path / "heads"), str(tmp_path / "vllm"), "--base-model", str(tiny_dir), "--json"],
+        capsys,
+    )
+    config = json.loads((tmp_path / "vllm" / "config.json").read_text())
+    assert config["model_type"] == "autodeco" and config["architectures"] == ["AutoDecoModelForCausalLM"]
+    from safetensors import safe_open
+
+    names = set()
+    for file in merged["files"]:
+        if file.endswith(".safetensors"):
+            with safe_open(str(tmp_path / "vllm" / file), "pt") as handle:
+                names |= set(handle.keys())
+    assert any(n.startswith("llm.") for n in names)
+    assert any(n.startswith("temp_head.") for n in names) and any(n.startswith("top_p_head.") for n in names)
 
 
 def test_autodeco_is_a_subcommand_of_the_main_cli() -> None:

@@ -1,10 +1,11 @@
-"""`hf-decoding autodeco {build-data,train,eval,export-custom-generate}`: the AutoDeco workflow from the shell.
+"""`hf-decoding autodeco {build-data,train,eval,export-custom-generate,export-vllm}`: the AutoDeco workflow from the shell.
 
 ```
 hf-decoding autodeco build-data --task arithmetic --num-problems 300 --samples-per-problem 8 --output data.jsonl
 hf-decoding autodeco train --data data.jsonl --output-dir heads --max-steps 300 --learning-rate 1e-3
 hf-decoding autodeco eval --heads heads --num-problems 48 --seeds 0 1 2 --output-json results.json
 hf-decoding autodeco export-custom-generate --heads heads --output hub-folder --repo-id me/autodeco-smollm2
+hf-decoding autodeco export-vllm heads merged-for-vllm
 ```
 
 Multi-GPU training: `accelerate launch -m hf_decoding autodeco train ...`.
@@ -160,6 +161,26 @@ def add_parser(subparsers: Any) -> None:
     export.add_argument("--repo-id", default=None, help="Target Hub repo (where generate.py reads the heads).")
     export.add_argument("--json", action="store_true")
 
+    export_vllm = action(
+        "export-vllm",
+        "Write a merged checkpoint that stock vLLM serves with the heads applied.",
+        "Base weights under llm., the heads and a config.json with model_type autodeco (the official merged "
+        "layout), so vllm.LLM(model=OUT_DIR) runs AutoDeco through the hf_decoding vLLM plugin.",
+        common=False,
+    )
+    export_vllm.add_argument("heads_dir", metavar="HEADS_DIR", help="AutoDeco heads: a directory or a Hub id.")
+    export_vllm.add_argument("out_dir", metavar="OUT_DIR", help="Where the merged checkpoint goes.")
+    export_vllm.add_argument(
+        "--base-model", default=None, help="The base model's directory or id (default: the one the heads name)."
+    )
+    export_vllm.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="Cast the base weights (the heads stay float32).",
+    )
+    export_vllm.add_argument("--json", action="store_true")
+
 
 register = add_parser
 
@@ -184,7 +205,13 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 def run(args: argparse.Namespace) -> int:
     """Runs the chosen `autodeco` action; returns the exit code."""
     action = getattr(args, "autodeco_action", None)
-    handlers = {"build-data": _build_data, "train": _train, "eval": _eval, "export-custom-generate": _export}
+    handlers = {
+        "build-data": _build_data,
+        "train": _train,
+        "eval": _eval,
+        "export-custom-generate": _export,
+        "export-vllm": _export_vllm,
+    }
     if action not in handlers:
         args.help_parser.print_help(sys.stderr)
         return 2
@@ -335,6 +362,18 @@ def _export(args: argparse.Namespace) -> int:
     from ..autodeco.hub import export_custom_generate
 
     path = export_custom_generate(args.heads, args.output, repo_id=args.repo_id)
+    files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+    _emit(args, {"output": str(path), "files": files}, f"wrote {path}: {', '.join(files)}")
+    return 0
+
+
+def _export_vllm(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..vllm.export import export_for_vllm
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    path = export_for_vllm(args.heads_dir, args.out_dir, base_model=args.base_model, dtype=dtype)
     files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
     _emit(args, {"output": str(path), "files": files}, f"wrote {path}: {', '.join(files)}")
     return 0
