@@ -18,7 +18,7 @@ import torch
 from ..errors import invalid_argument
 from ..generation.loop import option
 from ..generation.outputs import DecodingOutput
-from ..smc.arguments import SWEEP_ARGUMENTS, Argument, DecoderCall, particle_decoder
+from ..smc.arguments import SWEEP_ARGUMENTS, DecoderCall, particle_decoder
 from ..smc.decoding import conditional_sweeps, positive_int_option, prepare, select_final
 from ..smc.potentials import log_potentials
 from ..smc.sweep import ReferencePath, SweepResult
@@ -60,17 +60,8 @@ def swap_references(
 
 
 @particle_decoder(
-    ("num_iterations", *(name for name in SWEEP_ARGUMENTS if name != "softmax_temperature")),
+    ("temperature_ladder", "num_iterations", *(name for name in SWEEP_ARGUMENTS if name != "softmax_temperature")),
     defaults={**PARTICLE_FILTER_DEFAULTS, "num_iterations": 2},
-    own=(
-        Argument(
-            "temperature_ladder",
-            "Sequence[float]",
-            "softmax temperature of each chain (all `> 0`; it replaces `softmax_temperature`); the answer comes "
-            "from the coldest; defaults to `(1.0, 2.0, 4.0)`.",
-            "Sequence[float] | None",
-        ),
-    ),
     notes={"num_particles": "Per chain."},
 )
 def parallel_tempering(call: DecoderCall) -> torch.LongTensor | DecodingOutput:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..generation.outputs import DecodingOutput
-from ..smc.arguments import SWEEP_ARGUMENTS, Argument, DecoderCall, particle_decoder
+from ..smc.arguments import SWEEP_ARGUMENTS, DecoderCall, particle_decoder
 from ..smc.decoding import conditional_sweeps, merge_groups, positive_int_option, prepare, select_final
 from ..smc.selection import select_particles
 from ..smc.sweep import ReferencePath, SweepResult
@@ -41,17 +41,8 @@ def draw_references(result: SweepResult, generator: torch.Generator | None) -> l
 
 
 @particle_decoder(
-    ("num_iterations", *SWEEP_ARGUMENTS),
+    ("num_chains", "num_iterations", *SWEEP_ARGUMENTS),
     defaults={**PARTICLE_FILTER_DEFAULTS, "num_iterations": 4},
-    own=(
-        Argument(
-            "num_chains",
-            "int",
-            "independent chains per prompt, run as extra groups of one batch; the final selection looks at the "
-            "last iteration's particles of every chain; defaults to 1.",
-            "int | None",
-        ),
-    ),
     notes={"num_particles": "Per iteration and chain, the reference included."},
 )
 def particle_gibbs(call: DecoderCall) -> torch.LongTensor | DecodingOutput:

@@ -34,6 +34,20 @@ ARGUMENTS: dict[str, Argument] = {
     for a in (
         Argument("num_particles", "int", "N, particles (completions, beams) per prompt.", "int | None"),
         Argument(
+            "num_chains",
+            "int",
+            "independent chains per prompt, run as extra groups of one batch; the final selection looks at the "
+            "last iteration's particles of every chain; defaults to 1.",
+            "int | None",
+        ),
+        Argument(
+            "temperature_ladder",
+            "Sequence[float]",
+            "softmax temperature of each chain (all `> 0`; it replaces `softmax_temperature`); the answer comes "
+            "from the coldest; defaults to `(1.0, 2.0, 4.0)`.",
+            "Sequence[float] | None",
+        ),
+        Argument(
             "num_iterations",
             "int",
             "sweeps: conditional-SMC sweeps of particle Gibbs (the first is a plain particle filter), after each "
