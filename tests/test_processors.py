@@ -188,6 +188,47 @@ def test_top_p_matches_transformers(top_p, min_tokens, scores):
 
 
 @SETTINGS
+@given(
+    top_p=top_ps,
+    min_tokens=st.integers(1, 3),
+    prefilter_k=st.sampled_from([2, 8, 64]),
+    scores=score_matrices(),
+)
+def test_top_p_prefilter_matches_transformers(top_p, min_tokens, prefilter_k, scores):
+    """A prefilter narrower than the vocabulary (rows decided from the top candidates, the rest sorted) keeps the
+    full sort's set, ties and boundary cases included."""
+    expected = TopPLogitsWarper(top_p, min_tokens_to_keep=min_tokens)(ids_for(scores), scores)
+    got = PerRowTopPLogitsWarper(top_p, min_tokens_to_keep=min_tokens, prefilter_k=prefilter_k)(ids_for(scores), scores)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_top_p_prefilter_decides_most_rows_without_sorting_and_matches_the_sort(monkeypatch, dtype):
+    """A 32k vocabulary, rows from peaked to flat, per-row top-p: most rows take the prefilter path, and every row
+    equals transformers' full sort."""
+    generator = torch.Generator().manual_seed(0)
+    scale = torch.linspace(0.5, 12.0, 64)[:, None]
+    scores = (torch.randn(64, 32000, generator=generator) * scale).to(dtype)
+    top_p = torch.rand(64, generator=generator) * 0.98 + 0.01
+    sorted_rows = []
+    full_sort = PerRowTopPLogitsWarper._full_sort
+
+    def spy(self, rows_scores, rows_top_p):
+        sorted_rows.append(rows_scores.shape[0])
+        return full_sort(self, rows_scores, rows_top_p)
+
+    monkeypatch.setattr(PerRowTopPLogitsWarper, "_full_sort", spy)
+    got = PerRowTopPLogitsWarper(top_p)(None, scores)
+    for row in range(64):
+        expected = TopPLogitsWarper(float(top_p[row]))(None, scores[row : row + 1])
+        assert torch.equal(got[row : row + 1], expected), row
+    if dtype == torch.float32:
+        assert sum(sorted_rows) < 32  # the flat rows (wide nuclei) and boundary cases only
+    else:
+        assert sum(sorted_rows) == 64  # half precision always sorts: its own cumulative sum rounds too coarsely
+
+
+@SETTINGS
 @given(top_k=st.integers(1, 60), min_tokens=st.integers(1, 3), scores=score_matrices())
 def test_top_k_matches_transformers(top_k, min_tokens, scores):
     expected = TopKLogitsWarper(top_k, min_tokens_to_keep=min_tokens)(ids_for(scores), scores)
