@@ -217,6 +217,8 @@ _OWNED = {
     "the prepared pad / eos tensors": r"_pad_token_tensor|_eos_token_tensor",
     "_from_model_config": r"_from_model_config\s*=",
     "cache row internals": r"batch_select_indices|batch_repeat_interleave|\.reorder_cache\(|DynamicCache\(",
+    "the compiled decode call": r"_valid_auto_compile_criteria|get_compiled_call|_compile_all_devices",
+    "the decode context": r"_optimize_model_for_decode",
 }
 _EXEMPT = {"generation/cache.py", "autodeco/_custom_generate.py"}
 

@@ -208,3 +208,128 @@ def test_v2_interface_matches_v1_on_a_simulated_batch():
     finite = torch.isfinite(expected)
     torch.testing.assert_close(got[finite], expected[finite], rtol=1e-5, atol=1e-5)
     assert torch.equal(got[1], logits[1] / temperature[1])  # the row that did not ask is untouched
+
+
+# ------------------------------------------------------------------------------------- particle methods on vLLM
+_PARTICLE_PROMPTS = [
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\n\n",
+    "List three colors:\n",
+]
+
+
+class _CountingReward:
+    """A cheap text reward in [0, 1] (more distinct words scores higher) that counts the texts it scored."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, prompts, texts):
+        self.calls += len(texts)
+        return [[self.value(t)] for t in texts]
+
+    @staticmethod
+    def value(text: str) -> float:
+        return min(0.95, 0.05 + len(set(text.split())) / 40)
+
+
+@pytest.fixture(scope="class")
+def particle_llm(smollm2):
+    """An engine with prefix caching on and 32-token blocks (the CPU default of 128 never hits on short prefixes)."""
+    engine = vllm.LLM(model=str(smollm2[2]), **_ENGINE_ARGS, enable_prefix_caching=True, block_size=32)
+    yield engine
+    _close(engine)
+
+
+_PF = {"num_particles": 4, "tokens_per_step": 8, "max_new_tokens": 24, "ess_threshold": 1.0}
+
+
+class TestParticleMethods:
+    def test_particle_filter_fields_are_consistent(self, particle_llm):
+        from hf_decoding.generation.outputs import DecodingCost, ParticleTrace
+        from hf_decoding.smc import normalize_log_weights
+        from hf_decoding.vllm import generate
+
+        reward = _CountingReward()
+        out = generate(particle_llm, _PARTICLE_PROMPTS, reward_model=reward, seed=0, **_PF)
+        b, n = len(_PARTICLE_PROMPTS), 4
+        assert isinstance(out.particles, ParticleTrace) and isinstance(out.cost, DecodingCost)
+        trace = out.particles
+        steps = trace.ess.shape[1]
+        assert steps >= 3  # 24 tokens in steps of at most 8
+        assert trace.log_weights.shape == (b, n) and torch.isfinite(trace.log_weights).all()
+        weights = normalize_log_weights(trace.log_weights.double()).exp()
+        torch.testing.assert_close(weights.sum(-1), torch.ones(b, dtype=torch.float64))
+        assert trace.ancestors.shape == (b, steps, n) and out.resampled.shape == (b, steps)
+        # ess_threshold=1.0 resamples after every step in which some particle is still live (all but the last).
+        assert out.resampled[:, :-1].all()
+        assert ((trace.ancestors >= 0) & (trace.ancestors < n)).all()
+        assert trace.sequences.shape[:2] == (b, n) and trace.selected.shape == (b,)
+        # Reward calls: one per particle and step, as the reward saw them.
+        assert out.cost.reward_calls == reward.calls > 0
+        assert 0 < out.cost.generated_tokens <= b * n * 24
+        assert out.cost.seconds["total"] > 0 and out.cost.seconds["generation"] > 0
+        # The returned particle is the argmax of the final rewards (selection="argmax", the default).
+        assert torch.equal(trace.selected, out.scores.argmax(-1))
+        for g in range(b):
+            assert out.texts[g] == out.particle_texts[g][int(trace.selected[g])]
+        # Steps after the first continue cached prefixes.
+        assert out.prefix_cache.requests == reward.calls
+        assert 0 < out.prefix_cache.hit_rate <= 1
+
+    def test_seeded_runs_reproduce(self, particle_llm):
+        from hf_decoding.vllm import generate
+
+        def run(seed):
+            return generate(particle_llm, _PARTICLE_PROMPTS, reward_model=_CountingReward(), seed=seed, **_PF)
+
+        first, again, other = run(3), run(3), run(4)
+        assert first.particle_texts == again.particle_texts
+        assert torch.equal(first.particles.log_weights, again.particles.log_weights)
+        assert torch.equal(first.particles.ancestors, again.particles.ancestors)
+        assert torch.equal(first.sequences, again.sequences)
+        assert first.particle_texts != other.particle_texts
+
+    def test_best_of_n_picks_the_highest_reward(self, particle_llm):
+        from hf_decoding.vllm import generate
+
+        reward = _CountingReward()
+        out = generate(
+            particle_llm,
+            _PARTICLE_PROMPTS,
+            decoding="best_of_n",
+            num_particles=6,
+            reward_model=reward,
+            max_new_tokens=20,
+            seed=0,
+        )
+        assert out.cost.reward_calls == reward.calls == 2 * 6  # each completion scored once
+        assert out.particles.ess.shape[1] == 1 and not out.resampled.any()
+        for g, texts in enumerate(out.particle_texts):
+            values = [_CountingReward.value(t) for t in texts]
+            assert len(set(texts)) > 1
+            best = max(range(len(values)), key=lambda i: (values[i], -i))
+            assert int(out.particles.selected[g]) == best
+            assert out.texts[g] == texts[best]
+
+    def test_self_consistency_and_weighted_best_of_n_vote(self, particle_llm):
+        from hf_decoding.vllm import generate
+
+        kwargs = {"num_particles": 4, "max_new_tokens": 12, "seed": 0}
+        votes = generate(particle_llm, ["Q: 3 + 4 = ?\nA:"], decoding="self_consistency", **kwargs)
+        assert votes.cost.reward_calls == 0 and votes.answers is not None and len(votes.answers) == 1
+        weighted = generate(
+            particle_llm, ["Q: 3 + 4 = ?\nA:"], decoding="weighted_best_of_n", reward_model=_CountingReward(), **kwargs
+        )
+        assert weighted.cost.reward_calls == 4 and len(weighted.answers) == 1
+
+
+def test_unsupported_particle_arguments_are_named():
+    from hf_decoding.errors import InvalidDecodingArgument
+    from hf_decoding.vllm import generate
+
+    with pytest.raises(InvalidDecodingArgument, match="generator"):
+        generate(None, ["x"], reward_model=_CountingReward(), generator=torch.Generator())
+    with pytest.raises(InvalidDecodingArgument, match="ess_threshold"):
+        generate(None, ["x"], decoding="best_of_n", reward_model=_CountingReward(), ess_threshold=0.5)
+    with pytest.raises(InvalidDecodingArgument, match="particle_gibbs"):
+        generate(None, ["x"], decoding="particle_gibbs")
