@@ -189,3 +189,15 @@ def test_a_model_with_forward_hooks_decodes_eagerly(model):
         assert decode_forward(model, config, cache) is model
     finally:
         handle.remove()
+
+
+def test_gemma3_static_sliding_window_cache_gives_the_dynamic_tokens():
+    """Gemma-3's static cache mixes full and sliding-window static layers: both are re-indexed in place."""
+    from test_cache import build_tiny_gemma3
+
+    gemma = hfd.enable(build_tiny_gemma3())
+    for decoding in ("particle_filter", "globally_normalized"):
+        dynamic = _generate(gemma, decoding)
+        static = _generate(gemma, decoding, cache_implementation="static")
+        assert torch.equal(dynamic.sequences, static.sequences)
+        assert torch.equal(dynamic.particles.sequences, static.particles.sequences)

@@ -241,10 +241,12 @@ def _reorder_cache(cache: Any, index: torch.LongTensor) -> None:
 
 def has_fixed_rows(model_kwargs: Mapping[str, Any]) -> bool:
     """Whether the cache's storage has a fixed shape (a `StaticCache`, `cache_implementation="static"`): its rows
-    must then be re-indexed in place, never reallocated, or a compiled forward recompiles (and loses its graphs)."""
+    must then be re-indexed in place, never reallocated, or a compiled forward recompiles (and loses its graphs).
+    Only caches made entirely of plain static layers qualify; a hybrid one (static attention beside layers with
+    their own state) is re-indexed by [`reorder_rows`] as before."""
     cache = get_cache(model_kwargs)
     layers = getattr(cache, "layers", None) or ()
-    return any(type(layer) in _IN_PLACE_LAYERS for layer in layers)
+    return bool(layers) and all(type(layer) in _IN_PLACE_LAYERS for layer in layers)
 
 
 def gather_rows_in_place(model_kwargs: Mapping[str, Any], index: torch.LongTensor) -> dict[str, Any]:
