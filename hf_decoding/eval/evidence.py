@@ -184,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
 def summarize_command(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    write_report(args.out_dir, args.summary, resamples=args.resamples, draws=args.draws)
+    summary = args.summary or str(pathlib.Path(args.out_dir) / "summary.json")
+    write_report(args.out_dir, summary, resamples=args.resamples, draws=args.draws)
     return 0
 
 
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard.set_defaults(fn=run)
     summ = sub.add_parser("summarize", help="merge the landed shards: summary JSON, plots, markdown table")
     summ.add_argument("--out-dir", default=str(RAW_DIR))
-    summ.add_argument("--summary", default=str(RAW_DIR / "summary.json"))
+    summ.add_argument("--summary", default=None, help="summary JSON path (default: <out-dir>/summary.json)")
     summ.add_argument("--resamples", type=int, default=10_000)
     summ.add_argument("--draws", type=int, default=64, help="random subsets per problem and N for the pool rules")
     summ.set_defaults(fn=summarize_command)
