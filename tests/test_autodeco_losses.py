@@ -129,8 +129,10 @@ def test_soft_top_p_limit_matches_the_inference_warpers(seed: int, temperature: 
         labels = torch.full((2,), y)
         soft = soft_top_p_log_probs(logits, t, p, labels, steepness=1e5, top_k=None)
         for row in range(2):
-            if abs(float(exclusive[row, y]) - top_p) < 1e-4:
-                continue  # a float tie at the boundary: either side is correct
+            if bool(((exclusive[row] - top_p).abs() < 2e-4).any()):
+                # A token of this row within 2e-4 of the boundary: a float tie decides its side, and the soft mask
+                # (width 1/steepness) leaks part of its mass into the row's normaliser, shifting every label.
+                continue
             if torch.isfinite(reference[row, y]):
                 assert abs(float(soft[row] - reference[row, y])) < 1e-3
             else:
