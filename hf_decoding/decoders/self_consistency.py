@@ -6,7 +6,7 @@ import torch
 
 from ..errors import InvalidDecodingArgument
 from ..generation.outputs import DecodingOutput
-from ..smc.arguments import DecoderCall, particle_decoder
+from ..smc.arguments import SELF_CONSISTENCY_ARGUMENTS, DecoderCall, particle_decoder
 from ..smc.decoding import independent_samples
 from ..smc.selection import majority_vote
 
@@ -14,17 +14,7 @@ __all__ = ["self_consistency"]
 
 
 @particle_decoder(
-    (
-        "num_particles",
-        "stop_pattern",
-        "answer_extractor",
-        "reward_model",
-        "seed",
-        "generator",
-        "tokenizer",
-        "autodeco_heads",
-        "autodeco_proposal",
-    ),
+    SELF_CONSISTENCY_ARGUMENTS,
     defaults={"num_particles": 8},
     notes={
         "reward_model": "Optional: only breaks ties between completions of the winning answer.",

@@ -21,7 +21,9 @@ __all__ = [
     "ARGUMENTS",
     "INDEPENDENT_ARGUMENTS",
     "INDEPENDENT_DEFAULTS",
+    "INDEPENDENT_FIXED",
     "SEARCH_ARGUMENTS",
+    "SELF_CONSISTENCY_ARGUMENTS",
     "SWEEP_ARGUMENTS",
     "Argument",
     "DecoderCall",
@@ -192,6 +194,27 @@ INDEPENDENT_ARGUMENTS: tuple[str, ...] = (
 
 #: The documented defaults of the independent-completion decoders.
 INDEPENDENT_DEFAULTS: dict[str, Any] = {"num_particles": 8, "score_mode": "model", "on_reward_error": "raise"}
+
+#: What the independent-completion methods fix: one step (the whole completion), scored once, never resampled.
+INDEPENDENT_FIXED: dict[str, Any] = {
+    "step_delimiter": False,
+    "resampling": "systematic",
+    "ess_threshold": 0.0,
+    "selection": "argmax",
+}
+
+#: Self-consistency: a majority vote over independent completions; the reward only breaks ties.
+SELF_CONSISTENCY_ARGUMENTS: tuple[str, ...] = (
+    "num_particles",
+    "stop_pattern",
+    "answer_extractor",
+    "reward_model",
+    "seed",
+    "generator",
+    "tokenizer",
+    "autodeco_heads",
+    "autodeco_proposal",
+)
 
 
 def particle_decoder(

@@ -17,7 +17,7 @@ from ..generation.cache import eos_token_tensor, pad_token_tensor
 from ..generation.loop import make_generator, option
 from ..generation.outputs import DecodingOutput
 from ..rewards.base import RewardModel, RewardSession, as_reward_model
-from .arguments import INDEPENDENT_DEFAULTS, DecoderCall
+from .arguments import INDEPENDENT_DEFAULTS, INDEPENDENT_FIXED, DecoderCall
 from .cost import CostMeter
 from .options import ParticleOptions, particle_options, resolve_options
 from .proposal import RowProposal, build_proposal
@@ -397,8 +397,7 @@ def independent_samples(
 ) -> tuple[ParticleSetup, SweepResult, RewardSession | None, int]:
     """N independent completions per prompt from one prefill, each scored once when it finishes (best-of-N,
     weighted best-of-N, self-consistency). Returns `(setup, result, session, forward_passes)`."""
-    fixed = {"step_delimiter": False, "resampling": "systematic", "ess_threshold": 0.0, "selection": "argmax"}
-    defaults = {**INDEPENDENT_DEFAULTS, **fixed}
-    setup, _ = prepare(call, method=method, defaults=defaults, require_reward=require_reward, fixed=fixed)
+    defaults = {**INDEPENDENT_DEFAULTS, **INDEPENDENT_FIXED}
+    setup, _ = prepare(call, method=method, defaults=defaults, require_reward=require_reward, fixed=INDEPENDENT_FIXED)
     result, session, passes = run_sweep(setup, NoResampling(), setup.options.num_particles)
     return setup, result, session, 1 + passes

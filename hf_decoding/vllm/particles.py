@@ -52,7 +52,13 @@ from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argumen
 from ..generation.loop import make_generator
 from ..generation.outputs import DecodingCost, ParticleTrace
 from ..rewards.base import RewardModel, RewardSession, as_reward_model
-from ..smc.arguments import INDEPENDENT_ARGUMENTS, INDEPENDENT_DEFAULTS, SWEEP_ARGUMENTS
+from ..smc.arguments import (
+    INDEPENDENT_ARGUMENTS,
+    INDEPENDENT_DEFAULTS,
+    INDEPENDENT_FIXED,
+    SELF_CONSISTENCY_ARGUMENTS,
+    SWEEP_ARGUMENTS,
+)
 from ..smc.cost import CostMeter
 from ..smc.decoding import STEP_DEFAULTS, step_config_from
 from ..smc.options import ParticleOptions, particle_options, resolve_options
@@ -80,20 +86,6 @@ UNSUPPORTED: dict[str, str] = {
     "autodeco_proposal": "serve an AutoDeco checkpoint instead (`hf_decoding.vllm.export_for_vllm`)",
 }
 
-_SELF_CONSISTENCY_ARGUMENTS = (
-    "num_particles",
-    "stop_pattern",
-    "answer_extractor",
-    "reward_model",
-    "seed",
-    "generator",
-    "tokenizer",
-    "autodeco_heads",
-    "autodeco_proposal",
-)
-# What `independent_samples` fixes for the independent methods: one step (the whole completion), scored once.
-_INDEPENDENT_FIXED = {"step_delimiter": False, "resampling": "systematic", "ess_threshold": 0.0, "selection": "argmax"}
-
 
 @dataclass(frozen=True)
 class _Method:
@@ -107,10 +99,10 @@ class _Method:
 #: The methods `generate` runs, with the HF decoder's argument names and defaults.
 METHODS: dict[str, _Method] = {
     "particle_filter": _Method(SWEEP_ARGUMENTS, PARTICLE_FILTER_DEFAULTS, resamples=True),
-    "best_of_n": _Method(INDEPENDENT_ARGUMENTS, INDEPENDENT_DEFAULTS, _INDEPENDENT_FIXED),
-    "weighted_best_of_n": _Method(INDEPENDENT_ARGUMENTS, INDEPENDENT_DEFAULTS, _INDEPENDENT_FIXED),
+    "best_of_n": _Method(INDEPENDENT_ARGUMENTS, INDEPENDENT_DEFAULTS, INDEPENDENT_FIXED),
+    "weighted_best_of_n": _Method(INDEPENDENT_ARGUMENTS, INDEPENDENT_DEFAULTS, INDEPENDENT_FIXED),
     "self_consistency": _Method(
-        _SELF_CONSISTENCY_ARGUMENTS, {"num_particles": 8}, _INDEPENDENT_FIXED, require_reward=False
+        SELF_CONSISTENCY_ARGUMENTS, {"num_particles": 8}, INDEPENDENT_FIXED, require_reward=False
     ),
 }
 
