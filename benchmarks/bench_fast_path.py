@@ -54,6 +54,17 @@ def recipe_kwargs(recipe: str) -> dict[str, Any]:
     return {"cache_implementation": "static", "compile_config": any_device_compile_config()}
 
 
+def generation_kwargs(recipe: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Pure sampling (`top_k=0`) of exactly `args.new_tokens` tokens per row, on `recipe`."""
+    return {
+        "do_sample": True,
+        "top_k": 0,
+        "max_new_tokens": args.new_tokens,
+        "min_new_tokens": args.new_tokens,
+        **recipe_kwargs(recipe),
+    }
+
+
 def constant_reward(prompts: list[str], texts: list[str]) -> list[list[float]]:
     return [[0.0] for _ in texts]
 
@@ -109,13 +120,7 @@ def compare(sides: dict[str, Any], device: torch.device, repeats: int, tokens: i
 
 def sample_cell(model, wrapper, tokenizer, device, recipe, batch, args) -> dict[str, Any]:
     inputs = build_inputs(tokenizer, model, batch, device, args.prompt_tokens, args.seed)
-    common = {
-        "do_sample": True,
-        "top_k": 0,
-        "max_new_tokens": args.new_tokens,
-        "min_new_tokens": args.new_tokens,
-        **recipe_kwargs(recipe),
-    }
+    common = generation_kwargs(recipe, args)
 
     def transformers_generate():
         torch.manual_seed(args.seed)
@@ -142,13 +147,7 @@ def sample_cell(model, wrapper, tokenizer, device, recipe, batch, args) -> dict[
 
 def particle_cell(model, tokenizer, device, recipe, n, args) -> dict[str, Any]:
     inputs = build_inputs(tokenizer, model, 1, device, args.prompt_tokens, args.seed)
-    common = {
-        "do_sample": True,
-        "top_k": 0,
-        "max_new_tokens": args.new_tokens,
-        "min_new_tokens": args.new_tokens,
-        **recipe_kwargs(recipe),
-    }
+    common = generation_kwargs(recipe, args)
 
     def transformers_generate():
         torch.manual_seed(args.seed)

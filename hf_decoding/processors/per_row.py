@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import invalid_argument
 from .base import LogitsWarper, RowParameter, as_row_parameter, rows
 
 __all__ = [
@@ -79,8 +80,6 @@ class PerRowTopPLogitsWarper(LogitsWarper):
         min_tokens_to_keep: int = 1,
         prefilter_k: int = 256,
     ):
-        from ..errors import invalid_argument
-
         if not isinstance(min_tokens_to_keep, int) or min_tokens_to_keep < 1:
             raise invalid_argument("min_tokens_to_keep", min_tokens_to_keep, "a positive integer")
         if isinstance(prefilter_k, bool) or not isinstance(prefilter_k, int) or prefilter_k < 0:
@@ -169,8 +168,6 @@ class PerRowTopKLogitsWarper(LogitsWarper):
             fix="Use a non-negative integer; 0 disables top-k filtering.",
         )
         if bool((k != k.round()).any()):
-            from ..errors import invalid_argument
-
             raise invalid_argument("top_k", top_k, "integer-valued", "Round k to an integer.")
         self.top_k = k.to(torch.long)
 
