@@ -19,6 +19,7 @@ from hf_decoding.eval.bootstrap import bootstrap_mean, paired_bootstrap
 from hf_decoding.eval.pool import draw_pool, generated_lengths, pass_at_k, pool_accuracy, select_answer
 from hf_decoding.eval.problems import EvalProblem, make_split, parse_spec
 from hf_decoding.eval.report import pool_rows, write_report
+from hf_decoding.eval.sampling import meanshift_setting, parse_sampling_unit
 from hf_decoding.eval.search import expand_methods, parse_method, run_search
 from hf_decoding.eval.shards import load_units, parse_range, shard_path, split_range, write_shard
 from hf_decoding.rewards import ArithmeticStepVerifier
@@ -257,6 +258,79 @@ def test_run_search_records_cost(tiny):
         assert r["cost"]["reward_calls"] >= 4
     beam = run_search(model, tok, problems[:1], "beam_search_prm:verifier:4", verifier, max_new_tokens=6)
     assert beam[0]["cost"]["generated_tokens"] > 0
+
+
+def test_run_search_batches_problems_and_shares_their_cost(tiny):
+    model, tok = tiny
+    problems = word_problems(3)
+    verifier = ArithmeticStepVerifier(step_delimiter="\n")
+    kwargs = {"max_new_tokens": 6, "batch_problems": 2}
+    first = run_search(model, tok, problems, "particle_filter:verifier:4", verifier, **kwargs)
+    again = run_search(model, tok, problems, "particle_filter:verifier:4", verifier, **kwargs)
+    assert [r["id"] for r in first] == [p.id for p in problems]
+    assert [r["text"] for r in first] == [r["text"] for r in again]
+    # the two problems of the first call share its cost (totals / 2); the third ran alone
+    assert first[0]["batch"] == first[1]["batch"] == 2 and "batch" not in first[2]
+    assert first[0]["cost"] == first[1]["cost"] and first[0]["compute"] == first[1]["compute"]
+    assert first[0]["cost"]["reward_calls"] >= 4 and isinstance(first[2]["cost"]["generated_tokens"], int)
+    for r, p in zip(first, problems, strict=True):
+        assert r["correct"] == (r["answer"] == p.answer)
+    with pytest.raises(ValueError, match="batch_problems"):
+        run_search(model, tok, problems, "particle_filter:verifier:4", verifier, batch_problems=0)
+
+
+def test_sampling_units_and_meanshift_setting():
+    assert parse_sampling_unit("sampling:vendor") == "vendor"
+    for bad in ("sampling:nope", "vendor", "pool"):
+        with pytest.raises(ValueError, match="sampling:<setting>"):
+            parse_sampling_unit(bad)
+    assert evidence.expand_units(["autodeco", "pool"])[-2:] == ["sampling:meanshift", "pool"]
+    records = [
+        {"applied": {"temperature": 0.5, "top_p": 0.9, "tokens": 30}},
+        {"applied": {"temperature": 1.0, "top_p": 0.8, "tokens": 10}},
+    ]
+    # token-weighted: (0.5 * 30 + 1.0 * 10) / 40
+    assert meanshift_setting(records) == {"do_sample": True, "temperature": 0.625, "top_p": 0.875}
+    with pytest.raises(ValueError, match="sampling:autodeco"):
+        meanshift_setting([{"applied": {"temperature": 1.0, "top_p": 1.0, "tokens": 0}}])
+
+
+def test_cli_sampling_units_run_autodeco_and_its_baselines(tiny, tmp_path, monkeypatch):
+    from hf_decoding.autodeco import AutoDecoModelForCausalLM, defaults
+
+    model, tok = tiny
+    monkeypatch.setattr(evidence, "_load", lambda args: (model, tok))
+    monkeypatch.setattr(
+        defaults, "load_default_autodeco", lambda name, base_model, tokenizer: (
+            AutoDecoModelForCausalLM.from_base(base_model, init_temperature=0.7, init_top_p=0.9, seed=1), tokenizer)
+    )  # fmt: skip
+    common = ["--specs", "word@1", "--out-dir", str(tmp_path), "--max-new-tokens", "5", "--samples", "2",
+              "--batch-problems", "2", "--shard-size", "2"]  # fmt: skip
+    # meanshift alone has no autodeco records to take its mean from
+    with pytest.raises(ValueError, match="run sampling:autodeco over that range first"):
+        evidence.main(["run", *common, "--problem-range", "0:3", "--methods", "sampling:meanshift"])
+    assert evidence.main(["run", *common, "--problem-range", "0:3", "--methods", "autodeco"]) == 0
+    units = load_units(tmp_path)
+    assert sorted(units) == [f"sampling:{s}" for s in ("autodeco", "default", "greedy", "meanshift", "vendor")]
+    assert all(sorted(e["records"]) == [p.id for p in word_problems(3)] for e in units.values())
+    greedy = units["sampling:greedy"]["records"]
+    assert all(len(r["samples"]) == 1 for r in greedy.values())
+    auto = list(units["sampling:autodeco"]["records"].values())
+    assert all(len(r["samples"]) == 2 and r["applied"]["tokens"] > 0 for r in auto)
+    assert units["sampling:meanshift"]["config"]["setting"] == meanshift_setting(auto)
+    assert units["sampling:vendor"]["config"]["setting"] == {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
+    gold = {p.id: p.answer for p in word_problems(3)}
+    for entry in units.values():
+        for r in entry["records"].values():
+            assert all(s["correct"] == (s["answer"] == gold[r["id"]]) for s in r["samples"])
+    document = write_report(tmp_path, tmp_path / "out" / "summary.json", resamples=200, draws=8)
+    rows = {r["setting"]: r for r in document["sampling_rows"]}
+    assert set(rows) == {"autodeco", "default", "greedy", "meanshift", "vendor"}
+    assert rows["greedy"]["pass1"] == rows["greedy"]["pass4"]  # one completion: pass@k is pass@1
+    assert set(rows["autodeco"]["vs"]) == {"greedy", "vendor", "meanshift"}
+    assert "vs" not in rows["greedy"] or "greedy" not in rows["greedy"]["vs"]
+    assert "| autodeco | 3 |" in (tmp_path / "out" / "autodeco.md").read_text()
+    assert (tmp_path / "out" / "autodeco.png").stat().st_size > 0
 
 
 def test_cli_run_writes_shards_resumes_and_summarizes(tiny, tmp_path, monkeypatch):

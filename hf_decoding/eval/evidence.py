@@ -5,11 +5,13 @@ summarize whatever shards have landed.
     python -m hf_decoding.eval.evidence calibrate --specs chain_sum@1 chain_sum@3 gsm_symbolic@1 --problems 30
     # a shard: the N=16 pool and two step methods on test problems 0..19 (skips units whose file exists)
     python -m hf_decoding.eval.evidence run --problem-range 0:20 --methods pool particle_filter:verifier:8
+    # AutoDeco against greedy and static settings (`autodeco` = all five sampling units, meanshift last)
+    python -m hf_decoding.eval.evidence run --problem-range 0:200 --methods autodeco --shard-size 50
     # merge every landed shard: summary JSON, plots, markdown table
     python -m hf_decoding.eval.evidence summarize
 
 Shards are files `docs/results/raw/evidence/<unit>__<start>-<stop>.json` ([`hf_decoding.eval.shards`]); a unit is
-`pool` or `method:reward:N`. Every model run uses one torch thread by default (`--threads`).
+`pool`, `method:reward:N` or `sampling:<setting>` ([`hf_decoding.eval.sampling`]). Every model run uses one torch thread by default (`--threads`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from tqdm.auto import tqdm
 
 from .pool import draw_pool
 from .problems import make_split
+from .sampling import SAMPLING_SETTINGS, meanshift_setting, parse_sampling_unit, run_sampling
 from .search import expand_methods, run_search
-from .shards import parse_range, shard_path, split_range, write_shard
+from .shards import load_units, parse_range, shard_path, split_range, write_shard
 
 __all__ = ["DEFAULT_SPECS", "RAW_DIR", "main", "run_config"]
 
@@ -52,9 +55,52 @@ def run_config(args: argparse.Namespace, unit: str) -> dict[str, Any]:
     }
     if unit == "pool":
         config["pool_size"] = getattr(args, "pool_size", None)
+    elif unit.startswith("sampling:"):
+        del config["step_delimiter"]
+        config["samples"] = args.samples
+        config["batch_problems"] = args.batch_problems
+        config["setting"] = _sampling_setting(args, parse_sampling_unit(unit))
     else:
         config.update(beam_width=args.beam_width, gibbs_iterations=args.gibbs_iterations)
+        if getattr(args, "batch_problems", 1) > 1:
+            config["batch_problems"] = args.batch_problems
     return config
+
+
+def _sampling_setting(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The generate flags of a sampling unit; meanshift's come from every landed `sampling:autodeco` record, which
+    must cover the requested range (else its mean would change from shard to shard)."""
+    if name != "meanshift":
+        return dict(SAMPLING_SETTINGS[name])
+    cached = getattr(args, "_meanshift", None)
+    if cached is None:
+        entry = load_units(args.out_dir, ["sampling:autodeco"]).get("sampling:autodeco")
+        start, stop = parse_range(args.problem_range)
+        wanted = {p.id for p in make_split("test", stop, list(args.specs))[start:stop]}
+        missing = wanted - set(entry["records"]) if entry else wanted
+        if missing:
+            raise ValueError(
+                f"sampling:meanshift uses the mean T and p of the sampling:autodeco records, which miss {len(missing)} "
+                f"problem(s) of --problem-range {args.problem_range}; run sampling:autodeco over that range first"
+            )
+        cached = args._meanshift = meanshift_setting(list(entry["records"].values()))
+    return dict(cached)
+
+
+def expand_units(names: list[str]) -> list[str]:
+    """`expand_methods` plus the sampling units: `sampling:<setting>`, or `autodeco` for all of them (meanshift
+    last, since it reads the autodeco shards)."""
+    out: list[str] = []
+    for name in names:
+        if name == "autodeco":
+            items = [f"sampling:{s}" for s in SAMPLING_SETTINGS]
+        elif name.startswith("sampling:"):
+            parse_sampling_unit(name)
+            items = [name]
+        else:
+            items = expand_methods([name])
+        out.extend(i for i in items if i not in out)
+    return out
 
 
 def _machine(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,7 +171,7 @@ def calibrate(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     start, stop = parse_range(args.problem_range)
-    units = expand_methods(args.methods)
+    units = expand_units(args.methods)
     todo = [
         (unit, a, b)
         for a, b in split_range(start, stop, args.shard_size or stop - start)
@@ -138,11 +184,19 @@ def run(args: argparse.Namespace) -> int:
     if not todo:
         return 0
     model, tokenizer = _load(args)
-    needed = {u.split(":")[1] for u, _, _ in todo if u != "pool"}
+    needed = {u.split(":")[1] for u, _, _ in todo if u != "pool" and not u.startswith("sampling:")}
     if any(u == "pool" for u, _, _ in todo):
         needed |= {"verifier", "prm"}
     rewards = _rewards(model, tokenizer, args, needed)
     problems = make_split("test", stop, list(args.specs))
+    autodeco = None
+    if any(u.startswith("sampling:") for u, _, _ in todo):
+        # Every sampling unit generates through the AutoDeco wrapper; `decoding="sample"` / greedy bypass the heads.
+        from ..autodeco.defaults import load_default_autodeco
+
+        autodeco, _ = load_default_autodeco(args.model, base_model=model, tokenizer=tokenizer)
+    # meanshift reads the autodeco shards this run writes: run it after them
+    todo.sort(key=lambda t: t[0] == "sampling:meanshift")
     for unit, a, b in tqdm(todo, desc="shards", unit="shard"):
         path = shard_path(args.out_dir, unit, a, b)
         if path.exists():  # another process may have finished it meanwhile
@@ -150,7 +204,14 @@ def run(args: argparse.Namespace) -> int:
         chunk = problems[a:b]
         bar = lambda it, u=unit, a=a, b=b: tqdm(it, desc=f"{u} {a}:{b}", unit="problem", leave=False)  # noqa: E731
         started = time.perf_counter()
-        if unit == "pool":
+        if unit.startswith("sampling:"):
+            name = parse_sampling_unit(unit)
+            records = run_sampling(
+                autodeco, tokenizer, chunk, _sampling_setting(args, name), name,
+                samples=args.samples, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                batch_problems=args.batch_problems, progress=bar,
+            )  # fmt: skip
+        elif unit == "pool":
             records = draw_pool(
                 model, tokenizer, chunk, rewards, pool_size=args.pool_size, seed=args.seed,
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -161,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
                 model, tokenizer, chunk, unit, rewards[unit.split(":")[1]], seed=args.seed,
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                 step_delimiter=args.step_delimiter, beam_width=args.beam_width,
-                gibbs_iterations=args.gibbs_iterations, progress=bar,
+                gibbs_iterations=args.gibbs_iterations, batch_problems=args.batch_problems, progress=bar,
             )  # fmt: skip
         seconds = time.perf_counter() - started
         write_shard(
@@ -216,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--pool-size", type=int, default=16)
     shard.add_argument("--beam-width", type=int, default=4)
     shard.add_argument("--gibbs-iterations", type=int, default=2)
+    shard.add_argument("--samples", type=int, default=4, help="sampling units: samples per problem (pass@k's k)")
+    shard.add_argument(
+        "--batch-problems", type=int, default=1,
+        help="problems decoded together in one generate call (step methods: each with its own N particles)",
+    )  # fmt: skip
     shard.set_defaults(fn=run)
     summ = sub.add_parser("summarize", help="merge the landed shards: summary JSON, plots, markdown table")
     summ.add_argument("--out-dir", default=str(RAW_DIR))

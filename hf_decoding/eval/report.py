@@ -18,10 +18,14 @@ import numpy as np
 
 from .bootstrap import bootstrap_mean, paired_bootstrap
 from .pool import pool_accuracy
+from .sampling import plot_sampling, sampling_markdown, sampling_rows
 from .search import parse_method
 from .shards import load_units
 
-__all__ = ["markdown_table", "plot_rows", "pool_rows", "step_rows", "write_report"]
+__all__ = ["SAMPLING_BASELINES", "markdown_table", "plot_rows", "pool_rows", "step_rows", "write_report"]
+
+#: The rows every sampling setting (AutoDeco's comparison) is paired against.
+SAMPLING_BASELINES = ("greedy", "vendor", "meanshift")
 
 POOL_VARIANTS = (
     ("best_of_n", "verifier"),
@@ -71,7 +75,7 @@ def step_rows(units: dict[str, dict[str, Any]], resamples: int = 10_000) -> list
     """One row per step-method unit (`method:reward:N`) with its per-problem correctness and compute."""
     rows = []
     for unit, entry in sorted(units.items()):
-        if unit == "pool":
+        if unit == "pool" or unit.startswith("sampling:"):
             continue
         method, reward, n = parse_method(unit)
         records = sorted(entry["records"].values(), key=lambda r: r["id"])
@@ -183,7 +187,8 @@ def plot_rows(rows: Sequence[dict[str, Any]], path: str | pathlib.Path, reward: 
 
 def write_report(out_dir: str | pathlib.Path, summary_path: str | pathlib.Path, resamples: int = 10_000,
                  draws: int = 64) -> dict[str, Any]:  # fmt: skip
-    """Summary JSON at `summary_path`, `summary.md` and `evidence_<reward>.png` beside it, from every landed shard."""
+    """Summary JSON at `summary_path`, `summary.md` and `evidence_<reward>.png` beside it, from every landed shard;
+    with sampling units also `autodeco.md` and `autodeco.png` (see [`hf_decoding.eval.sampling`])."""
     units = load_units(out_dir)
     rows: list[dict[str, Any]] = []
     if "pool" in units:
@@ -191,6 +196,9 @@ def write_report(out_dir: str | pathlib.Path, summary_path: str | pathlib.Path, 
         rows += pool_rows(pool, draws=draws, resamples=resamples)
     rows += step_rows(units, resamples=resamples)
     _compare(rows, resamples)
+    sampling = []
+    if any(u.startswith("sampling:") for u in units):
+        sampling = sampling_rows(units, resamples=resamples, baselines=SAMPLING_BASELINES)
     summary_path = pathlib.Path(summary_path)
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     document = {
@@ -200,6 +208,7 @@ def write_report(out_dir: str | pathlib.Path, summary_path: str | pathlib.Path, 
         "resamples": resamples,
         "draws": draws,
         "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+        "sampling_rows": sampling,
     }
     summary_path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     (summary_path.parent / "summary.md").write_text(markdown_table(rows), encoding="utf-8")
@@ -208,4 +217,9 @@ def write_report(out_dir: str | pathlib.Path, summary_path: str | pathlib.Path, 
             if any(r["reward"] == reward for r in rows):
                 plot_rows(rows, summary_path.parent / f"evidence_{reward}.png", reward)
     print(markdown_table(rows))
+    if sampling:
+        table = sampling_markdown(sampling, SAMPLING_BASELINES)
+        (summary_path.parent / "autodeco.md").write_text(table, encoding="utf-8")
+        plot_sampling(sampling, summary_path.parent / "autodeco.png")
+        print(table)
     return document

@@ -1,5 +1,5 @@
 """The step-level search methods (particle filter, particle Gibbs, PRM beam search, DVTS) run one problem at a
-time with a process reward, recording the returned answer and `out.cost` per problem.
+time (or `batch_problems` at a time) with a process reward, recording the returned answer and `out.cost` per problem.
 
 A method is named by a spec `"method:reward:N"`; [`STEP_BUDGETS`] lists the N each method runs at (beam search and
 DVTS need N divisible by the beam width, 4).
@@ -77,56 +77,71 @@ def run_search(
     step_delimiter: str = "\n",
     beam_width: int = 4,
     gibbs_iterations: int = 2,
+    batch_problems: int = 1,
     progress: Callable[[Any], Any] = lambda it: it,
 ) -> list[dict[str, Any]]:
     """One record per problem: `{"id", "answer", "correct", "text", "cost": {...}, "compute", "seconds"}`, where
-    `compute = generated_tokens + reward_calls` of `out.cost` (the x-axis of the equal-compute curves)."""
+    `compute = generated_tokens + reward_calls` of `out.cost` (the x-axis of the equal-compute curves).
+
+    `batch_problems > 1` decodes that many problems in one `generate` call (each keeps its own N particles; the
+    decoders resample and select per prompt). The call is then seeded from the ids of its problems, and `cost` and
+    `seconds` of each record are the call's totals divided by the number of problems in it (`"batch"` says how many):
+    both counters add up over rows, so their means over problems are exact, only the per-problem split is shared.
+    """
     method, _, n = parse_method(spec)
+    if batch_problems < 1:
+        raise ValueError(f"batch_problems must be a positive integer, got {batch_problems!r}")
     extra: dict[str, Any] = {}
     if method in ("beam_search_prm", "dvts"):
         extra["beam_width"] = beam_width
     if method == "particle_gibbs":
         extra["num_iterations"] = gibbs_iterations
     decoder = functools.partial(_decoder(method), tokenizer=tokenizer)
+    batches = [list(problems[i : i + batch_problems]) for i in range(0, len(problems), batch_problems)]
     records = []
-    for problem in progress(problems):
-        inputs = problem_inputs(tokenizer, [problem], model.device)
+    for batch in progress(batches):
+        inputs = problem_inputs(tokenizer, batch, model.device)
         prompt_len = inputs["input_ids"].shape[1]
+        key = batch[0].id if len(batch) == 1 else "+".join(p.id for p in batch)
         started = time.perf_counter()
         out = model.generate(
             **inputs,
             custom_generate=decoder,
             num_particles=n,
             reward_model=reward,
-            reward_prompts=[user_prompt(problem)],
+            reward_prompts=[user_prompt(p) for p in batch],
             step_delimiter=step_delimiter,
             do_sample=True,
             temperature=temperature,
             top_k=0,
             top_p=1.0,
             max_new_tokens=max_new_tokens,
-            seed=problem_seed(seed, f"{problem.id}/{spec}"),
+            seed=problem_seed(seed, f"{key}/{spec}"),
             return_dict_in_generate=True,
             **extra,
         )
         seconds = time.perf_counter() - started
-        text = tokenizer.decode(out.sequences[0, prompt_len:], skip_special_tokens=True)
-        answer = extract_answer(text)
+        k = len(batch)
+        share = int if k == 1 else (lambda total, k=k: total / k)
         cost = {
             "forward_passes": int(out.cost.forward_passes),
-            "generated_tokens": int(out.cost.generated_tokens),
-            "reward_calls": int(out.cost.reward_calls),
-            "reward_tokens": int(out.cost.reward_tokens),
+            "generated_tokens": share(out.cost.generated_tokens),
+            "reward_calls": share(out.cost.reward_calls),
+            "reward_tokens": share(out.cost.reward_tokens),
         }
-        records.append(
-            {
+        for row, problem in enumerate(batch):
+            text = tokenizer.decode(out.sequences[row, prompt_len:], skip_special_tokens=True)
+            answer = extract_answer(text)
+            record = {
                 "id": problem.id,
                 "answer": answer,
                 "correct": answer == problem.answer,
                 "text": text,
-                "cost": cost,
+                "cost": dict(cost),
                 "compute": cost["generated_tokens"] + cost["reward_calls"],
-                "seconds": round(seconds, 3),
+                "seconds": round(seconds / k, 3),
             }
-        )
+            if k > 1:
+                record["batch"] = k
+            records.append(record)
     return records
