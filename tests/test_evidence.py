@@ -339,9 +339,12 @@ def test_cli_sampling_units_run_autodeco_and_its_baselines(tiny, tmp_path, monke
     rows = {r["setting"]: r for r in document["sampling_rows"]}
     assert set(rows) == {"autodeco", "default", "greedy", "meanshift", "vendor"}
     assert rows["greedy"]["pass1"] == rows["greedy"]["pass4"]  # one completion: pass@k is pass@1
-    assert set(rows["autodeco"]["vs"]) == {"greedy", "vendor", "meanshift"}
+    assert set(rows["autodeco"]["vs"]) == {"greedy", "default", "vendor", "meanshift"}  # no pool in this run
+    assert [r["setting"] for r in document["sampling_rows"]] == ["greedy", "default", "vendor", "meanshift", "autodeco"]
     assert "vs" not in rows["greedy"] or "greedy" not in rows["greedy"]["vs"]
-    assert "| autodeco | 3 |" in (tmp_path / "out" / "autodeco.md").read_text()
+    table = (tmp_path / "out" / "autodeco.md").read_text()
+    assert "| autodeco (T, p per token from the heads) | 3 |" in table
+    assert "| autodeco | greedy |" in table and "| greedy | autodeco |" not in table
     assert (tmp_path / "out" / "autodeco.png").stat().st_size > 0
 
 

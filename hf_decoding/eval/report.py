@@ -25,7 +25,7 @@ from .shards import load_units
 __all__ = ["SAMPLING_BASELINES", "markdown_table", "plot_rows", "pool_rows", "step_rows", "write_report"]
 
 #: The rows every sampling setting (AutoDeco's comparison) is paired against.
-SAMPLING_BASELINES = ("greedy", "vendor", "meanshift")
+SAMPLING_BASELINES = ("greedy", "default", "vendor", "pool", "meanshift")
 
 POOL_VARIANTS = (
     ("best_of_n", "verifier"),

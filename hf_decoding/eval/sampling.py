@@ -30,6 +30,7 @@ from .pool import problem_seed, user_prompt
 from .problems import EvalProblem
 
 __all__ = [
+    "ROW_ORDER",
     "SAMPLING_SETTINGS",
     "meanshift_setting",
     "run_sampling",
@@ -137,18 +138,22 @@ def _scores(records: Sequence[dict[str, Any]], k: int) -> dict[str, dict[str, tu
     return out
 
 
+#: Row order of the tables: the static settings from cold to hot, then MeanShift and AutoDeco.
+ROW_ORDER = ("greedy", "default", "vendor", "pool", "meanshift", "autodeco")
+
+
 def sampling_rows(
     units: dict[str, dict[str, Any]], k: int = 4, resamples: int = 10_000, baselines: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
-    """One row per sampling unit (and `pool`, as the static row at the pool's temperature): pass@1 and pass@k with
-    95 % bootstrap intervals, and paired intervals against each of `baselines` (names of rows) on the problems both
-    have."""
+    """One row per sampling unit, plus `"pool"` (the static setting at the pool's temperature, its first `k` samples
+    per problem): pass@1 and pass@k with 95 % bootstrap intervals, and paired intervals against each of `baselines`
+    (row names) on the problems both have."""
     scored: dict[str, dict[str, tuple[float, float, float]]] = {}
     settings: dict[str, dict[str, Any]] = {}
     for unit, entry in units.items():
         if unit == "pool":
-            name = f"static T={entry['config']['temperature']:g}, p=1 (pool)"
-            settings[name] = {"temperature": entry["config"]["temperature"], "top_p": 1.0}
+            name = "pool"
+            settings[name] = {"do_sample": True, "temperature": entry["config"]["temperature"], "top_p": 1.0}
         elif unit.startswith("sampling:"):
             name = parse_sampling_unit(unit)
             settings[name] = entry["config"].get("setting", {})
@@ -156,7 +161,8 @@ def sampling_rows(
             continue
         scored[name] = _scores(list(entry["records"].values()), k)
     rows = []
-    for name, per_problem in scored.items():
+    for name in sorted(scored, key=lambda n: ROW_ORDER.index(n)):
+        per_problem = scored[name]
         ids = sorted(per_problem)
         row: dict[str, Any] = {"setting": name, "params": settings[name], "problems": len(ids), "k": k}
         for index, metric in ((0, "pass1"), (1, f"pass{k}")):
@@ -186,24 +192,36 @@ def _pct(interval: dict[str, Any] | None, signed: bool = False) -> str:
     return f"{e:{sign}.1f} [{lo:{sign}.1f}, {hi:{sign}.1f}]"
 
 
-def sampling_markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str]) -> str:
-    """pass@1 / pass@k with intervals, then one column pair per baseline with the paired differences (pp)."""
+def _label(row: dict[str, Any]) -> str:
+    params = row["params"]
+    if not params.get("do_sample", False):
+        return f"{row['setting']} (do_sample=False)"
+    if row["setting"] == "autodeco":
+        return "autodeco (T, p per token from the heads)"
+    prefix = "pool: static" if row["setting"] == "pool" else row["setting"]
+    return f"{prefix} (T={params.get('temperature', 1.0):g}, p={params.get('top_p', 1.0):g})"
+
+
+def sampling_markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] = ()) -> str:
+    """Two tables: pass@1 / pass@k per setting with intervals; then the paired differences (pp) of each setting
+    against the baselines that come before it in [`ROW_ORDER`] (each pair once)."""
     if not rows:
         return ""
     k = rows[0]["k"]
-    head = f"| setting | problems | pass@1 % [95 % CI] | pass@{k} % [95 % CI] | new tokens |"
-    rule = "|---|---:|---|---|---:|"
-    for base in baselines:
-        head += f" Δ pass@1 vs {base} (pp) | Δ pass@{k} vs {base} (pp) |"
-        rule += "---|---|"
-    lines = [head, rule]
+    lines = [
+        f"| setting | problems | pass@1 % [95 % CI] | pass@{k} % [95 % CI] | new tokens / sample |",
+        "|---|---:|---|---|---:|",
+    ]
     for r in rows:
-        line = (f"| {r['setting']} | {r['problems']} | {_pct(r['pass1'])} | {_pct(r[f'pass{k}'])} | "
-                f"{r['mean_new_tokens']:.1f} |")  # fmt: skip
+        lines.append(f"| {_label(r)} | {r['problems']} | {_pct(r['pass1'])} | {_pct(r[f'pass{k}'])} | "
+                     f"{r['mean_new_tokens']:.1f} |")  # fmt: skip
+    lines += ["", f"| setting | vs | Δ pass@1 (pp) [95 % CI] | Δ pass@{k} (pp) [95 % CI] |", "|---|---|---|---|"]
+    for r in rows:
         for base in baselines:
             vs = r.get("vs", {}).get(base)
-            line += f" {_pct(vs['pass1'], True) if vs else '–'} | {_pct(vs[f'pass{k}'], True) if vs else '–'} |"
-        lines.append(line)
+            # each pair once: a setting against the baselines listed before it
+            if vs and ROW_ORDER.index(base) < ROW_ORDER.index(r["setting"]):
+                lines.append(f"| {r['setting']} | {base} | {_pct(vs['pass1'], True)} | {_pct(vs[f'pass{k}'], True)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +233,7 @@ def plot_sampling(rows: Sequence[dict[str, Any]], path: Any) -> None:
     import matplotlib.pyplot as plt
 
     k = rows[0]["k"]
-    names = [r["setting"] for r in rows]
+    names = [_label(r) for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(rows)), 4.2))
     for offset, metric in ((-0.2, "pass1"), (0.2, f"pass{k}")):
