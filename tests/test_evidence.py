@@ -378,5 +378,22 @@ def test_cli_run_writes_shards_resumes_and_summarizes(tiny, tmp_path, monkeypatc
     dvts_row = next(r for r in rows if r["method"] == "dvts")
     assert dvts_row["problems"] == 3 and dvts_row["vs_best_of_n"]["vs"] == "best_of_n:verifier:4"
     assert "vs_best_of_n_equal_compute" in dvts_row
+    assert dvts_row["vs_weighted_best_of_n"]["vs"] == "weighted_best_of_n:verifier:4"
+    assert "vs_particle_filter" not in dvts_row  # no particle filter shard in this directory
+    # a particle filter on the same problems: DVTS is paired with it too
+    write_shard(
+        tmp_path / "particle_filter_verifier_4__0-3.json",
+        {"unit": "particle_filter:verifier:4", "range": [0, 3], "config": {},
+         "records": [{**r, "correct": not r["correct"]} for r in json.loads(
+             (tmp_path / "dvts_verifier_4__0-2.json").read_text())["records"]]},
+    )  # fmt: skip
+    rows = write_report(tmp_path, tmp_path / "out" / "summary.json", resamples=200, draws=8)["rows"]
+    dvts_row = next(r for r in rows if r["method"] == "dvts")
+    # on the two problems both have every outcome is flipped, so each paired difference is +1 or -1
+    flipped = json.loads((tmp_path / "dvts_verifier_4__0-2.json").read_text())["records"]
+    expected = np.mean([1.0 if r["correct"] else -1.0 for r in flipped])
+    assert dvts_row["vs_particle_filter"]["vs"] == "particle_filter:verifier:4"
+    assert dvts_row["vs_particle_filter"]["n"] == 2
+    assert dvts_row["vs_particle_filter"]["estimate"] == pytest.approx(expected)
     assert (tmp_path / "out" / "summary.md").read_text().count("\n") > 4
     assert (tmp_path / "out" / "evidence_verifier.png").stat().st_size > 0

@@ -100,9 +100,18 @@ def _paired(row: dict[str, Any], base: dict[str, Any], resamples: int) -> dict[s
 
 
 def _compare(rows: list[dict[str, Any]], resamples: int) -> None:
-    """Adds `vs_best_of_n` (same reward, same N; self-consistency against the verifier's) and, for step
-    methods, `vs_best_of_n_equal_compute` (the best-of-N N' whose mean compute is closest)."""
-    bon = {(r["reward"], r["n"]): r for r in rows if r["method"] == "best_of_n"}
+    """Adds paired intervals to the rows, on the problems both sides have:
+
+    - `vs_best_of_n`: best-of-N with the same reward and N (self-consistency: against the verifier's);
+    - for step methods, `vs_best_of_n_equal_compute` (the best-of-N N' whose mean compute is closest),
+      `vs_weighted_best_of_n` (same reward and N) and, for beam search and DVTS, `vs_particle_filter` (same reward
+      and N).
+    """
+
+    def by(method: str) -> dict[tuple[str | None, int], dict[str, Any]]:
+        return {(r["reward"], r["n"]): r for r in rows if r["method"] == method}
+
+    bon, wbon, pf = by("best_of_n"), by("weighted_best_of_n"), by("particle_filter")
     for row in rows:
         if row["method"] in ("best_of_n", "pass_at_k"):  # pass@k is an oracle upper bound, not a method
             continue
@@ -116,6 +125,10 @@ def _compare(rows: list[dict[str, Any]], resamples: int) -> None:
         if same:
             nearest = min(same, key=lambda r: abs(r["compute_per_problem"] - row["compute_per_problem"]))
             row["vs_best_of_n_equal_compute"] = _paired(row, nearest, resamples)
+        if (reward, row["n"]) in wbon:
+            row["vs_weighted_best_of_n"] = _paired(row, wbon[(reward, row["n"])], resamples)
+        if row["method"] != "particle_filter" and (reward, row["n"]) in pf:
+            row["vs_particle_filter"] = _paired(row, pf[(reward, row["n"])], resamples)
 
 
 def _fmt(interval: dict[str, Any] | None, pct: bool = True) -> str:
@@ -129,8 +142,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], pool_ns: Sequence[int] = (1, 
     """Accuracy (%) with its 95 % interval, compute, and the paired differences (percentage points)."""
     lines = [
         "| method | reward | N | problems | accuracy % [95 % CI] | compute / problem | Δ vs best-of-N same N (pp) "
-        "| Δ vs best-of-N equal compute (pp) |",
-        "|---|---|---:|---:|---|---:|---|---|",
+        "| Δ vs best-of-N equal compute (pp) | Δ vs weighted best-of-N same N (pp) | Δ vs particle filter same N (pp) |",
+        "|---|---|---:|---:|---|---:|---|---|---|---|",
     ]
     for r in rows:
         if (
@@ -144,7 +157,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], pool_ns: Sequence[int] = (1, 
         lines.append(
             f"| {r['method']} | {r['reward'] or '–'} | {r['n']} | {r['problems']} | "
             f"{acc['estimate'] * 100:.1f} [{acc['low'] * 100:.1f}, {acc['high'] * 100:.1f}] | "
-            f"{r['compute_per_problem']:.0f} | {_fmt(r.get('vs_best_of_n'))} | {eq_text} |"
+            f"{r['compute_per_problem']:.0f} | {_fmt(r.get('vs_best_of_n'))} | {eq_text} | "
+            f"{_fmt(r.get('vs_weighted_best_of_n'))} | {_fmt(r.get('vs_particle_filter'))} |"
         )
     return "\n".join(lines) + "\n"
 
