@@ -173,13 +173,19 @@ def plot_rows(rows: Sequence[dict[str, Any]], path: str | pathlib.Path, reward: 
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     mine = [r for r in rows if r["reward"] in (reward, None)]
+    steps_seen = 0
     for method in dict.fromkeys(r["method"] for r in mine):
         items = sorted((r for r in mine if r["method"] == method), key=lambda r: r["n"])
+        pool_rule = method in ("best_of_n", "weighted_best_of_n", "self_consistency", "pass_at_k")
+        # step methods share their N: a small multiplicative offset per method keeps their error bars apart
+        shift = 1.0 if pool_rule else 1.04 ** (steps_seen - 1)
+        steps_seen += not pool_rule
         est = np.array([r["accuracy"]["estimate"] for r in items])
         low = np.array([r["accuracy"]["low"] for r in items])
         high = np.array([r["accuracy"]["high"] for r in items])
-        for ax, x in zip(axes, ([r["n"] for r in items], [r["compute_per_problem"] for r in items]), strict=True):
-            if method in ("best_of_n", "weighted_best_of_n", "self_consistency", "pass_at_k"):
+        xs = ([r["n"] * shift for r in items], [r["compute_per_problem"] for r in items])
+        for ax, x in zip(axes, xs, strict=True):
+            if pool_rule:
                 (line,) = ax.plot(x, est, label=method)
                 ax.fill_between(x, low, high, alpha=0.15, color=line.get_color())
             else:
