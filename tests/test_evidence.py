@@ -348,6 +348,27 @@ def test_cli_sampling_units_run_autodeco_and_its_baselines(tiny, tmp_path, monke
     assert (tmp_path / "out" / "autodeco.png").stat().st_size > 0
 
 
+def test_particle_filter_is_paired_with_the_baselines_at_four_times_its_n():
+    from hf_decoding.eval import report
+
+    ids = ["a", "b", "c", "d"]
+
+    def row(method, n, acc, compute):
+        return report._row(method, "prm", n, ids, np.array(acc, dtype=float), np.full(4, compute), resamples=200)
+
+    rows = [
+        row("best_of_n", 4, [0, 0, 1, 0], 100.0),
+        row("best_of_n", 16, [1, 0, 1, 1], 400.0),
+        row("weighted_best_of_n", 16, [1, 1, 1, 1], 400.0),
+        row("particle_filter", 4, [1, 0, 0, 0], 120.0),
+    ]
+    report._compare(rows, resamples=200)
+    pf = rows[-1]
+    assert pf["vs_best_of_n_4n"]["vs"] == "best_of_n:prm:16" and pf["vs_best_of_n_4n"]["estimate"] == -0.5
+    assert pf["vs_weighted_best_of_n_4n"]["estimate"] == -0.75
+    assert pf["vs_best_of_n"]["estimate"] == 0.0 and pf["vs_best_of_n_equal_compute"]["vs"] == "best_of_n:prm:4"
+
+
 def test_cli_run_writes_shards_resumes_and_summarizes(tiny, tmp_path, monkeypatch):
     model, tok = tiny
     loads = []
@@ -395,5 +416,7 @@ def test_cli_run_writes_shards_resumes_and_summarizes(tiny, tmp_path, monkeypatc
     assert dvts_row["vs_particle_filter"]["vs"] == "particle_filter:verifier:4"
     assert dvts_row["vs_particle_filter"]["n"] == 2
     assert dvts_row["vs_particle_filter"]["estimate"] == pytest.approx(expected)
+    pf_row = next(r for r in rows if r["method"] == "particle_filter")
+    assert "vs_best_of_n_4n" not in pf_row  # the pool here has 4 samples, so there is no best-of-16
     assert (tmp_path / "out" / "summary.md").read_text().count("\n") > 4
     assert (tmp_path / "out" / "evidence_verifier.png").stat().st_size > 0

@@ -105,7 +105,9 @@ def _compare(rows: list[dict[str, Any]], resamples: int) -> None:
     - `vs_best_of_n`: best-of-N with the same reward and N (self-consistency: against the verifier's);
     - for step methods, `vs_best_of_n_equal_compute` (the best-of-N N' whose mean compute is closest),
       `vs_weighted_best_of_n` (same reward and N) and, for beam search and DVTS, `vs_particle_filter` (same reward
-      and N).
+      and N);
+    - for the particle filter, `vs_best_of_n_4n` and `vs_weighted_best_of_n_4n`: the baselines at four times its N
+      (where the pool has them), the particle-filtering paper's "4x budget efficiency" read as a paired test.
     """
 
     def by(method: str) -> dict[tuple[str | None, int], dict[str, Any]]:
@@ -129,6 +131,10 @@ def _compare(rows: list[dict[str, Any]], resamples: int) -> None:
             row["vs_weighted_best_of_n"] = _paired(row, wbon[(reward, row["n"])], resamples)
         if row["method"] != "particle_filter" and (reward, row["n"]) in pf:
             row["vs_particle_filter"] = _paired(row, pf[(reward, row["n"])], resamples)
+        if row["method"] == "particle_filter":
+            for name, table in (("vs_best_of_n_4n", bon), ("vs_weighted_best_of_n_4n", wbon)):
+                if (reward, 4 * row["n"]) in table:
+                    row[name] = _paired(row, table[(reward, 4 * row["n"])], resamples)
 
 
 def _fmt(interval: dict[str, Any] | None, pct: bool = True) -> str:
