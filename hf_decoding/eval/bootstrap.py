@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Interval", "bootstrap_mean", "paired_bootstrap"]
+__all__ = ["Interval", "bootstrap_mean", "format_percent", "paired_bootstrap"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,13 @@ def paired_bootstrap(
     if x.shape != y.shape:
         raise ValueError(f"paired values need the same problems: shapes {x.shape} and {y.shape}")
     return bootstrap_mean(x - y, resamples=resamples, level=level, seed=seed)
+
+
+def format_percent(interval: dict[str, float] | None, signed: bool = False) -> str:
+    """An interval dict (`Interval.to_dict()`) in percent: `"12.5 [9.0, 16.0]"`, or `"+2.1 [+1.1, +3.2]"` with
+    `signed` (for differences); `"–"` for none."""
+    if not interval:
+        return "–"
+    sign = "+" if signed else ""
+    e, lo, hi = (interval[x] * 100 for x in ("estimate", "low", "high"))
+    return f"{e:{sign}.1f} [{lo:{sign}.1f}, {hi:{sign}.1f}]"

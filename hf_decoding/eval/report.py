@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .bootstrap import bootstrap_mean, paired_bootstrap
+from .bootstrap import bootstrap_mean, format_percent, paired_bootstrap
 from .pool import pool_accuracy
 from .sampling import plot_sampling, sampling_markdown, sampling_rows
 from .search import parse_method
@@ -137,13 +137,6 @@ def _compare(rows: list[dict[str, Any]], resamples: int) -> None:
                     row[name] = _paired(row, table[(reward, 4 * row["n"])], resamples)
 
 
-def _fmt(interval: dict[str, Any] | None, pct: bool = True) -> str:
-    if not interval:
-        return "–"
-    k = 100 if pct else 1
-    return f"{interval['estimate'] * k:+.1f} [{interval['low'] * k:+.1f}, {interval['high'] * k:+.1f}]"
-
-
 def markdown_table(rows: Sequence[dict[str, Any]], pool_ns: Sequence[int] = (1, 4, 8, 16)) -> str:
     """Accuracy (%) with its 95 % interval, compute, and the paired differences (percentage points)."""
     lines = [
@@ -157,14 +150,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], pool_ns: Sequence[int] = (1, 
             and r["n"] not in pool_ns
         ):
             continue
-        acc = r["accuracy"]
         eq = r.get("vs_best_of_n_equal_compute")
-        eq_text = f"{_fmt(eq)} (vs N={eq['vs'].rsplit(':', 1)[1]})" if eq else "–"
+        eq_text = f"{format_percent(eq, True)} (vs N={eq['vs'].rsplit(':', 1)[1]})" if eq else "–"
         lines.append(
             f"| {r['method']} | {r['reward'] or '–'} | {r['n']} | {r['problems']} | "
-            f"{acc['estimate'] * 100:.1f} [{acc['low'] * 100:.1f}, {acc['high'] * 100:.1f}] | "
-            f"{r['compute_per_problem']:.0f} | {_fmt(r.get('vs_best_of_n'))} | {eq_text} | "
-            f"{_fmt(r.get('vs_weighted_best_of_n'))} | {_fmt(r.get('vs_particle_filter'))} |"
+            f"{format_percent(r['accuracy'])} | "
+            f"{r['compute_per_problem']:.0f} | {format_percent(r.get('vs_best_of_n'), True)} | {eq_text} | "
+            f"{format_percent(r.get('vs_weighted_best_of_n'), True)} | {format_percent(r.get('vs_particle_filter'), True)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from ..rewards.answers import extract_answer
-from .bootstrap import bootstrap_mean, paired_bootstrap
+from .bootstrap import bootstrap_mean, format_percent, paired_bootstrap
 from .pool import problem_seed, user_prompt
 from .problems import EvalProblem
+from .search import problem_batches
 
 __all__ = [
     "ROW_ORDER",
@@ -84,8 +85,8 @@ def run_sampling(
     `"applied"` (mean T and p over the generated tokens, and their count) when `model` is an AutoDeco model.
 
     `model` (an [`~hf_decoding.AutoDecoModelForCausalLM`]) generates with `setting` (see [`SAMPLING_SETTINGS`]): its
-    heads choose T and p for `name="autodeco"`, and `decoding="sample"` (or greedy) bypasses them otherwise; `batch_problems` problems share one `generate`
-    call, seeded from their ids and `name`.
+    heads choose T and p for `name="autodeco"`, and `decoding="sample"` (or greedy) bypasses them otherwise.
+    `batch_problems` problems share one `generate` call, seeded from their ids and `name`.
     """
     from ..autodeco.data import generate_samples
 
@@ -95,9 +96,8 @@ def run_sampling(
         kwargs.update(temperature=float(setting["temperature"]), top_p=float(setting["top_p"]), top_k=0)
     if name != "autodeco":
         kwargs["decoding"] = "sample" if kwargs["do_sample"] else None
-    batches = [list(problems[i : i + batch_problems]) for i in range(0, len(problems), batch_problems)]
     records = []
-    for batch in progress(batches):
+    for batch in progress(problem_batches(problems, batch_problems)):
         started = time.perf_counter()
         call = dict(kwargs)
         if call["do_sample"]:
@@ -184,14 +184,6 @@ def sampling_rows(
     return rows
 
 
-def _pct(interval: dict[str, Any] | None, signed: bool = False) -> str:
-    if not interval:
-        return "–"
-    sign = "+" if signed else ""
-    e, lo, hi = (interval[x] * 100 for x in ("estimate", "low", "high"))
-    return f"{e:{sign}.1f} [{lo:{sign}.1f}, {hi:{sign}.1f}]"
-
-
 def _label(row: dict[str, Any]) -> str:
     params = row["params"]
     if not params.get("do_sample", False):
@@ -213,7 +205,7 @@ def sampling_markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] =
         "|---|---:|---|---|---:|",
     ]
     for r in rows:
-        lines.append(f"| {_label(r)} | {r['problems']} | {_pct(r['pass1'])} | {_pct(r[f'pass{k}'])} | "
+        lines.append(f"| {_label(r)} | {r['problems']} | {format_percent(r['pass1'])} | {format_percent(r[f'pass{k}'])} | "
                      f"{r['mean_new_tokens']:.1f} |")  # fmt: skip
     lines += ["", f"| setting | vs | Δ pass@1 (pp) [95 % CI] | Δ pass@{k} (pp) [95 % CI] |", "|---|---|---|---|"]
     for r in rows:
@@ -221,7 +213,9 @@ def sampling_markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] =
             vs = r.get("vs", {}).get(base)
             # each pair once: a setting against the baselines listed before it
             if vs and ROW_ORDER.index(base) < ROW_ORDER.index(r["setting"]):
-                lines.append(f"| {r['setting']} | {base} | {_pct(vs['pass1'], True)} | {_pct(vs[f'pass{k}'], True)} |")
+                lines.append(
+                    f"| {r['setting']} | {base} | {format_percent(vs['pass1'], True)} | {format_percent(vs[f'pass{k}'], True)} |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ from .arithmetic import problem_inputs
 from .pool import problem_seed, user_prompt
 from .problems import EvalProblem
 
-__all__ = ["REWARDS", "STEP_BUDGETS", "expand_methods", "parse_method", "run_search"]
+__all__ = ["REWARDS", "STEP_BUDGETS", "expand_methods", "parse_method", "problem_batches", "run_search"]
 
 STEP_BUDGETS = {"particle_filter": (4, 8, 16), "particle_gibbs": (4, 8, 16), "beam_search_prm": (4, 8), "dvts": (4, 8)}
 REWARDS = ("verifier", "prm")
@@ -65,6 +65,13 @@ def _decoder(method: str) -> Any:
             "dvts": dvts}[method]  # fmt: skip
 
 
+def problem_batches(problems: Sequence[EvalProblem], size: int) -> list[list[EvalProblem]]:
+    """`problems` cut into consecutive groups of at most `size`, one per `generate` call."""
+    if size < 1:
+        raise ValueError(f"batch_problems must be a positive integer, got {size!r}")
+    return [list(problems[i : i + size]) for i in range(0, len(problems), size)]
+
+
 def run_search(
     model: Any,
     tokenizer: Any,
@@ -87,22 +94,19 @@ def run_search(
     decoders resample and select per prompt). The call is then seeded from the ids of its problems, and `cost` and
     `seconds` of each record are the call's totals divided by the number of problems in it (`"batch"` says how many):
     both counters add up over rows, so their means over problems are exact, only the per-problem split is shared.
+    `cost["forward_passes"]` stays the call's count (one batched forward serves every problem in it).
     """
     method, _, n = parse_method(spec)
-    if batch_problems < 1:
-        raise ValueError(f"batch_problems must be a positive integer, got {batch_problems!r}")
     extra: dict[str, Any] = {}
     if method in ("beam_search_prm", "dvts"):
         extra["beam_width"] = beam_width
     if method == "particle_gibbs":
         extra["num_iterations"] = gibbs_iterations
     decoder = functools.partial(_decoder(method), tokenizer=tokenizer)
-    batches = [list(problems[i : i + batch_problems]) for i in range(0, len(problems), batch_problems)]
     records = []
-    for batch in progress(batches):
+    for batch in progress(problem_batches(problems, batch_problems)):
         inputs = problem_inputs(tokenizer, batch, model.device)
         prompt_len = inputs["input_ids"].shape[1]
-        key = batch[0].id if len(batch) == 1 else "+".join(p.id for p in batch)
         started = time.perf_counter()
         out = model.generate(
             **inputs,
@@ -116,7 +120,7 @@ def run_search(
             top_k=0,
             top_p=1.0,
             max_new_tokens=max_new_tokens,
-            seed=problem_seed(seed, f"{key}/{spec}"),
+            seed=problem_seed(seed, "+".join(p.id for p in batch) + f"/{spec}"),
             return_dict_in_generate=True,
             **extra,
         )
