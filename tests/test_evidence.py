@@ -416,7 +416,28 @@ def test_cli_run_writes_shards_resumes_and_summarizes(tiny, tmp_path, monkeypatc
     assert dvts_row["vs_particle_filter"]["vs"] == "particle_filter:verifier:4"
     assert dvts_row["vs_particle_filter"]["n"] == 2
     assert dvts_row["vs_particle_filter"]["estimate"] == pytest.approx(expected)
+    # one particle filter only: it is also the one of closest compute
+    assert dvts_row["vs_particle_filter_equal_compute"]["vs"] == "particle_filter:verifier:4"
     pf_row = next(r for r in rows if r["method"] == "particle_filter")
     assert "vs_best_of_n_4n" not in pf_row  # the pool here has 4 samples, so there is no best-of-16
+    # a particle filter at N = 8 whose compute equals DVTS's: it becomes the equal-compute pairing, while the
+    # same-N pairing stays at N = 4
+    dvts_records = json.loads((tmp_path / "dvts_verifier_4__0-2.json").read_text())["records"]
+    write_shard(
+        tmp_path / "particle_filter_verifier_8__0-2.json",
+        {"unit": "particle_filter:verifier:8", "range": [0, 2], "config": {}, "records": dvts_records},
+    )  # fmt: skip
+    pf4 = json.loads((tmp_path / "particle_filter_verifier_4__0-3.json").read_text())["records"]
+    write_shard(
+        tmp_path / "particle_filter_verifier_4__0-3.json",
+        {"unit": "particle_filter:verifier:4", "range": [0, 3], "config": {},
+         "records": [{**r, "compute": 1000 * float(r["compute"]) + 1} for r in pf4]},
+    )  # fmt: skip
+    rows = write_report(tmp_path, tmp_path / "out" / "summary.json", resamples=200, draws=8)["rows"]
+    dvts_row = next(r for r in rows if r["method"] == "dvts")
+    assert dvts_row["vs_particle_filter"]["vs"] == "particle_filter:verifier:4"
+    assert dvts_row["vs_particle_filter_equal_compute"]["vs"] == "particle_filter:verifier:8"
+    assert dvts_row["vs_particle_filter_equal_compute"]["estimate"] == 0.0  # the same records
+    assert "(vs N=8)" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "summary.md").read_text().count("\n") > 4
     assert (tmp_path / "out" / "evidence_verifier.png").stat().st_size > 0

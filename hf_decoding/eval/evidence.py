@@ -202,7 +202,11 @@ def run(args: argparse.Namespace) -> int:
         if path.exists():  # another process may have finished it meanwhile
             continue
         chunk = problems[a:b]
-        bar = lambda it, u=unit, a=a, b=b: tqdm(it, desc=f"{u} {a}:{b}", unit="problem", leave=False)  # noqa: E731
+        # the pool goes one problem at a time; search and sampling units go `--batch-problems` per call
+        per_call = 1 if unit == "pool" else args.batch_problems
+        desc = f"{unit} {a}:{b}" + (f" ({per_call} problems per call)" if per_call > 1 else "")
+        bar_unit = "problem" if per_call == 1 else "call"
+        bar = lambda it, d=desc, u=bar_unit: tqdm(it, desc=d, unit=u, leave=False)  # noqa: E731
         started = time.perf_counter()
         if unit.startswith("sampling:"):
             name = parse_sampling_unit(unit)

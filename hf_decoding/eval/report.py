@@ -104,8 +104,9 @@ def _compare(rows: list[dict[str, Any]], resamples: int) -> None:
 
     - `vs_best_of_n`: best-of-N with the same reward and N (self-consistency: against the verifier's);
     - for step methods, `vs_best_of_n_equal_compute` (the best-of-N N' whose mean compute is closest),
-      `vs_weighted_best_of_n` (same reward and N) and, for beam search and DVTS, `vs_particle_filter` (same reward
-      and N);
+      `vs_weighted_best_of_n` (same reward and N) and, for the other step methods (particle Gibbs, beam search,
+      DVTS), `vs_particle_filter` (same reward and N) and `vs_particle_filter_equal_compute` (the particle filter
+      run whose mean compute is closest: particle Gibbs at N costs about `num_iterations` filters at N);
     - for the particle filter, `vs_best_of_n_4n` and `vs_weighted_best_of_n_4n`: the baselines at four times its N
       (where the pool has them), the particle-filtering paper's "4x budget efficiency" read as a paired test.
     """
@@ -129,8 +130,13 @@ def _compare(rows: list[dict[str, Any]], resamples: int) -> None:
             row["vs_best_of_n_equal_compute"] = _paired(row, nearest, resamples)
         if (reward, row["n"]) in wbon:
             row["vs_weighted_best_of_n"] = _paired(row, wbon[(reward, row["n"])], resamples)
-        if row["method"] != "particle_filter" and (reward, row["n"]) in pf:
-            row["vs_particle_filter"] = _paired(row, pf[(reward, row["n"])], resamples)
+        if row["method"] != "particle_filter":
+            if (reward, row["n"]) in pf:
+                row["vs_particle_filter"] = _paired(row, pf[(reward, row["n"])], resamples)
+            filters = [r for (w, _), r in pf.items() if w == reward]
+            if filters:
+                nearest = min(filters, key=lambda r: abs(r["compute_per_problem"] - row["compute_per_problem"]))
+                row["vs_particle_filter_equal_compute"] = _paired(row, nearest, resamples)
         if row["method"] == "particle_filter":
             for name, table in (("vs_best_of_n_4n", bon), ("vs_weighted_best_of_n_4n", wbon)):
                 if (reward, 4 * row["n"]) in table:
@@ -141,8 +147,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], pool_ns: Sequence[int] = (1, 
     """Accuracy (%) with its 95 % interval, compute, and the paired differences (percentage points)."""
     lines = [
         "| method | reward | N | problems | accuracy % [95 % CI] | compute / problem | Δ vs best-of-N same N (pp) "
-        "| Δ vs best-of-N equal compute (pp) | Δ vs weighted best-of-N same N (pp) | Δ vs particle filter same N (pp) |",
-        "|---|---|---:|---:|---|---:|---|---|---|---|",
+        "| Δ vs best-of-N equal compute (pp) | Δ vs weighted best-of-N same N (pp) | Δ vs particle filter same N (pp) "
+        "| Δ vs particle filter equal compute (pp) |",
+        "|---|---|---:|---:|---|---:|---|---|---|---|---|",
     ]
     for r in rows:
         if (
@@ -150,13 +157,15 @@ def markdown_table(rows: Sequence[dict[str, Any]], pool_ns: Sequence[int] = (1, 
             and r["n"] not in pool_ns
         ):
             continue
-        eq = r.get("vs_best_of_n_equal_compute")
-        eq_text = f"{format_percent(eq, True)} (vs N={eq['vs'].rsplit(':', 1)[1]})" if eq else "–"
+        eq_text, pf_eq_text = (
+            f"{format_percent(eq, True)} (vs N={eq['vs'].rsplit(':', 1)[1]})" if eq else "–"
+            for eq in (r.get("vs_best_of_n_equal_compute"), r.get("vs_particle_filter_equal_compute"))
+        )
         lines.append(
             f"| {r['method']} | {r['reward'] or '–'} | {r['n']} | {r['problems']} | "
             f"{format_percent(r['accuracy'])} | "
             f"{r['compute_per_problem']:.0f} | {format_percent(r.get('vs_best_of_n'), True)} | {eq_text} | "
-            f"{format_percent(r.get('vs_weighted_best_of_n'), True)} | {format_percent(r.get('vs_particle_filter'), True)} |"
+            f"{format_percent(r.get('vs_weighted_best_of_n'), True)} | {format_percent(r.get('vs_particle_filter'), True)} | {pf_eq_text} |"
         )
     return "\n".join(lines) + "\n"
 
