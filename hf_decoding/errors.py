@@ -7,6 +7,9 @@ the fix.
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 __all__ = [
     "EmptyTextError",
     "HfDecodingError",
@@ -64,6 +67,22 @@ class RewardModelError(HfDecodingError, RuntimeError):
 
 class HfDecodingWarning(UserWarning):
     """Warnings emitted by `hf_decoding` (filter them with `warnings.filterwarnings`)."""
+
+
+# frames of these packages lie between a user's `model.generate(...)` and the code that notices a problem
+_LIBRARY_PACKAGES = frozenset({"hf_decoding", "transformers", "torch", "accelerate", "peft", "vllm"})
+
+
+def warn(message: str, category: type[Warning] = HfDecodingWarning) -> None:
+    """`warnings.warn` attributed to the first caller outside the libraries (usually the user's `generate` line),
+    however deep inside the decoders the problem is noticed; a fixed `stacklevel` would point into `transformers`
+    or `torch` for some call paths and into `hf_decoding` for others. Internal helper, not part of the API."""
+    frame = sys._getframe(1)
+    level = 2  # 1 is this function, 2 its caller
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _LIBRARY_PACKAGES:
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def invalid_argument(name: str, value: object, expected: str, fix: str | None = None) -> InvalidDecodingArgument:

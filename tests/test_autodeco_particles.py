@@ -252,8 +252,9 @@ def test_without_sampling_the_heads_set_nothing():
     warning) exactly as the static run, and no values are recorded that were not applied."""
     base = hfd.enable(build_tiny_llama(seed=1))
     wrapper = AutoDecoModelForCausalLM.from_base(base, seed=2)
-    with pytest.warns(hfd.HfDecodingWarning, match="samples its particles"):
+    with pytest.warns(hfd.HfDecodingWarning, match="samples its particles") as record:
         ours = _generate(wrapper, "particle_filter", seed=6, temperature=0.0)
+    assert {w.filename for w in record if issubclass(w.category, hfd.HfDecodingWarning)} == {__file__}
     with pytest.warns(hfd.HfDecodingWarning, match="samples its particles"):
         static = _generate(base, "particle_filter", seed=6, do_sample=False, top_k=None)
     assert torch.equal(ours.particles.sequences, static.particles.sequences)

@@ -445,8 +445,10 @@ def test_left_to_right_processors_are_reported_not_silently_ignored(bert, prompt
 
     from hf_decoding.errors import HfDecodingWarning
 
-    with pytest.warns(HfDecodingWarning, match="RepetitionPenaltyLogitsProcessor"):
+    with pytest.warns(HfDecodingWarning, match="RepetitionPenaltyLogitsProcessor") as record:
         bert.generate(**prompts, gen_length=4, logits_processor=[RepetitionPenaltyLogitsProcessor(1.2)])
+    # attributed to the caller's `generate` line, not to a frame inside the library
+    assert {w.filename for w in record if issubclass(w.category, HfDecodingWarning)} == {__file__}
 
 
 def test_attached_model_still_saves_and_loads(tmp_path, prompts):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from transformers import LogitsProcessorList
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from ..errors import HfDecodingWarning, invalid_argument
+from ..errors import invalid_argument, warn
 from ..generation.arguments import GENERATOR, SEED, STREAMER, Argument, DecoderCall, decoder
 from ..generation.loop import call_generator, option, sampling_loop
 from ..generation.outputs import DecodingOutput
@@ -75,16 +73,12 @@ def distortion_aware_nucleus(call: DecoderCall) -> torch.LongTensor | DecodingOu
     generation_config = call.generation_config
     top_p = generation_config.top_p if generation_config.top_p is not None else 1.0
     if not generation_config.do_sample:
-        warnings.warn(
+        warn(
             "decoding='distortion_aware_nucleus' with do_sample=False is greedy decoding; pass do_sample=True.",
-            HfDecodingWarning,
-            stacklevel=3,
         )
     elif top_p >= 1.0:
-        warnings.warn(
+        warn(
             "decoding='distortion_aware_nucleus' with top_p=1.0 keeps every token (plain sampling); pass top_p < 1.",
-            HfDecodingWarning,
-            stacklevel=3,
         )
     prefilter_k = option(generation_config, "nucleus_prefilter_k", call["nucleus_prefilter_k"], 256)
     if not isinstance(prefilter_k, int) or isinstance(prefilter_k, bool) or prefilter_k <= 0:

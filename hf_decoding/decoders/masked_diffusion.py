@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import types
-import warnings
 from typing import Any
 
 import torch
@@ -24,7 +23,7 @@ from ..diffusion.adapters import MaskedDiffusionAdapter, resolve_mask_token_id
 from ..diffusion.config import MaskedDiffusionConfig
 from ..diffusion.outputs import MaskedDiffusionOutput
 from ..diffusion.sampling import masked_diffusion_sample
-from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
+from ..errors import InvalidDecodingArgument, invalid_argument, warn
 from ..generation.cache import CACHE_NAMES
 from ..generation.dispatch import generate_with_decoder
 from ..generation.loop import make_generator, option
@@ -227,11 +226,9 @@ def _warn_unapplied(
     processors = [type(p).__name__ for p in logits_processor or [] if not isinstance(p, _HANDLED_PROCESSORS)]
     criteria = [type(c).__name__ for c in stopping_criteria or [] if not isinstance(c, _HANDLED_CRITERIA)]
     if processors or criteria:
-        warnings.warn(
+        warn(
             f"masked_diffusion does not apply {processors + criteria}: they assume left-to-right decoding. "
             "Temperature, top_k, top_p, EOS and length are handled by the decoder itself.",
-            HfDecodingWarning,
-            stacklevel=3,
         )
 
 

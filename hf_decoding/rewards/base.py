@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from ..errors import HfDecodingWarning, InvalidDecodingArgument, RewardModelError
+from ..errors import InvalidDecodingArgument, RewardModelError, warn
 
 __all__ = [
     "SCORE_MODES",
@@ -227,11 +226,9 @@ class RewardSession:
                     f"The reward model raised {type(err).__name__}: {err} while scoring {where}. Fix the reward, or "
                     "pass on_reward_error='neg_inf' to give those particles weight 0 (log-weight -inf) instead."
                 ) from err
-            warnings.warn(
+            warn(
                 f"The reward model raised {type(err).__name__}: {err} while scoring {where}; those particles get "
                 "log-weight -inf (on_reward_error='neg_inf').",
-                HfDecodingWarning,
-                stacklevel=3,
             )
             return [[-math.inf] for _ in slots]
         finally:
@@ -283,11 +280,9 @@ class RewardSession:
                     f"The reward model returned NaN, +inf or no score for {where}. Fix the reward, or pass "
                     "on_reward_error='neg_inf' to give those particles weight 0 (log-weight -inf) instead."
                 )
-            warnings.warn(
+            warn(
                 f"The reward model returned NaN, +inf or no score for {where}; those particles get log-weight -inf "
                 "(on_reward_error='neg_inf').",
-                HfDecodingWarning,
-                stacklevel=3,
             )
         return out
 

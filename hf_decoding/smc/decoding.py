@@ -4,7 +4,6 @@ particle."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
+from ..errors import InvalidDecodingArgument, invalid_argument, warn
 from ..generation.cache import eos_token_tensor, pad_token_tensor
 from ..generation.loop import make_generator, option
 from ..generation.outputs import DecodingOutput
@@ -212,12 +211,10 @@ def prepare(
             "`selection='weighted_vote'` extracts answers from the particles' text: pass `tokenizer=tokenizer`."
         )
     if not generation_config.do_sample:
-        warnings.warn(
+        warn(
             f"`{method}` samples its particles; do_sample=False only means transformers built no temperature / "
             "top-k / top-p warpers, so particles are drawn from the model's untempered distribution. Pass "
             "do_sample=True (with e.g. temperature=0.8) to set the proposal.",
-            HfDecodingWarning,
-            stacklevel=3,
         )
     generator = make_generator(option(generation_config, "seed", seed, None), generator, input_ids.device)
     pad = pad_token_tensor(generation_config)

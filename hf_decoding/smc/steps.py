@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import warnings
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
-from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
+from ..errors import InvalidDecodingArgument, invalid_argument, warn
 from ..generation.cache import decode_forward, eos_token_tensor
 from ..generation.loop import select_tokens
 from ..generation.processing import ProcessorChain
@@ -428,12 +427,10 @@ class StepRunner:
                 stop = torch.tensor([bool(self._stop.search(t)) for t in texts], dtype=torch.bool, device=device)
                 finished |= stop
         if detector is not None and self.config.tokens_per_step is None and bool(hit_limit.any()) and step_index == 0:
-            warnings.warn(
+            warn(
                 f"{int(hit_limit.sum())} particle(s) reached max_new_tokens={self.config.max_new_tokens} without "
                 f"producing the step delimiter {self.config.step_delimiter!r}: their whole completion is one step. "
                 "Set `tokens_per_step` to cap step length, or change `step_delimiter`.",
-                HfDecodingWarning,
-                stacklevel=2,
             )
         return StepResult(
             start_col=start_col,

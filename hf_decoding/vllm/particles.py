@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -48,7 +47,7 @@ from typing import Any
 import torch
 
 from ..decoders.particle_filter import PARTICLE_FILTER_DEFAULTS
-from ..errors import HfDecodingWarning, InvalidDecodingArgument, invalid_argument
+from ..errors import InvalidDecodingArgument, invalid_argument, warn
 from ..generation.loop import make_generator
 from ..generation.outputs import DecodingCost, ParticleTrace
 from ..rewards.base import RewardModel, RewardSession, as_reward_model
@@ -301,11 +300,9 @@ class _Runner:
         config = getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None)
         cache = getattr(config, "cache_config", None)
         if cache is not None and getattr(cache, "enable_prefix_caching", True) is False:
-            warnings.warn(
+            warn(
                 "The engine runs with prefix caching off: every step re-reads each particle's whole prefix. Start "
                 "it with `LLM(..., enable_prefix_caching=True)`.",
-                HfDecodingWarning,
-                stacklevel=4,
             )
 
     def _seed(self) -> int | None:
