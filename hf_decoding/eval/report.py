@@ -35,6 +35,8 @@ POOL_VARIANTS = (
     ("self_consistency", None),
     ("pass_at_k", None),
 )
+# the selection rules over the pool (drawn as lines with bands; step methods are points)
+POOL_RULES = tuple(dict.fromkeys(rule for rule, _ in POOL_VARIANTS))
 
 
 def _row(method: str, reward: str | None, n: int, ids: list[str], acc: np.ndarray, compute: np.ndarray,
@@ -99,6 +101,14 @@ def _paired(row: dict[str, Any], base: dict[str, Any], resamples: int) -> dict[s
     return {"vs": f"{base['method']}:{base['reward']}:{base['n']}", **paired_bootstrap(a, b, resamples).to_dict()}
 
 
+def _closest_compute(
+    table: dict[tuple[str | None, int], dict[str, Any]], reward: str, row: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The row of `table` (keyed by `(reward, N)`) with this `reward` whose mean compute is nearest `row`'s."""
+    same = [r for (w, _), r in table.items() if w == reward]
+    return min(same, key=lambda r: abs(r["compute_per_problem"] - row["compute_per_problem"]), default=None)
+
+
 def _compare(rows: list[dict[str, Any]], resamples: int) -> None:
     """Adds paired intervals to the rows, on the problems both sides have:
 
@@ -124,20 +134,18 @@ def _compare(rows: list[dict[str, Any]], resamples: int) -> None:
             row["vs_best_of_n"] = _paired(row, base, resamples)
         if row["method"] in ("self_consistency", "weighted_best_of_n"):
             continue
-        same = [r for (w, _), r in bon.items() if w == reward]
-        if same:
-            nearest = min(same, key=lambda r: abs(r["compute_per_problem"] - row["compute_per_problem"]))
+        nearest = _closest_compute(bon, reward, row)
+        if nearest is not None:
             row["vs_best_of_n_equal_compute"] = _paired(row, nearest, resamples)
         if (reward, row["n"]) in wbon:
             row["vs_weighted_best_of_n"] = _paired(row, wbon[(reward, row["n"])], resamples)
         if row["method"] != "particle_filter":
             if (reward, row["n"]) in pf:
                 row["vs_particle_filter"] = _paired(row, pf[(reward, row["n"])], resamples)
-            filters = [r for (w, _), r in pf.items() if w == reward]
-            if filters:
-                nearest = min(filters, key=lambda r: abs(r["compute_per_problem"] - row["compute_per_problem"]))
+            nearest = _closest_compute(pf, reward, row)
+            if nearest is not None:
                 row["vs_particle_filter_equal_compute"] = _paired(row, nearest, resamples)
-        if row["method"] == "particle_filter":
+        else:
             for name, table in (("vs_best_of_n_4n", bon), ("vs_weighted_best_of_n_4n", wbon)):
                 if (reward, 4 * row["n"]) in table:
                     row[name] = _paired(row, table[(reward, 4 * row["n"])], resamples)
@@ -152,10 +160,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], pool_ns: Sequence[int] = (1, 
         "|---|---|---:|---:|---|---:|---|---|---|---|---|",
     ]
     for r in rows:
-        if (
-            r["method"] in ("best_of_n", "weighted_best_of_n", "self_consistency", "pass_at_k")
-            and r["n"] not in pool_ns
-        ):
+        if r["method"] in POOL_RULES and r["n"] not in pool_ns:
             continue
         eq_text, pf_eq_text = (
             f"{format_percent(eq, True)} (vs N={eq['vs'].rsplit(':', 1)[1]})" if eq else "–"
@@ -183,7 +188,7 @@ def plot_rows(rows: Sequence[dict[str, Any]], path: str | pathlib.Path, reward: 
     steps_seen = 0
     for method in dict.fromkeys(r["method"] for r in mine):
         items = sorted((r for r in mine if r["method"] == method), key=lambda r: r["n"])
-        pool_rule = method in ("best_of_n", "weighted_best_of_n", "self_consistency", "pass_at_k")
+        pool_rule = method in POOL_RULES
         # step methods share their N: a small multiplicative offset per method keeps their error bars apart
         shift = 1.0 if pool_rule else 1.04 ** (steps_seen - 1)
         steps_seen += not pool_rule
